@@ -1,0 +1,208 @@
+"""The driver interface: what every kind of hardware offers the core, and nothing more.
+
+A driver owns its hardware (serial ports, a gateway's HTTP API, a simulated network) and
+nothing else: it never touches SQL or the hub. It reports what happens as typed, frozen events
+from :meth:`Driver.events` and executes the few actions the core asks for.
+
+Contract (every driver, every test driver):
+
+* ``connect()`` either succeeds or raises and leaves nothing behind (no open ports, no tasks).
+* ``events()`` is one async iterator per connection.  It ends (or raises) when the device is
+  lost; the core's supervisor then calls ``close()`` and reconnects with backoff.
+* A :class:`SmsPart` stays on the hardware until the core calls ``ack(part.ack_token)``, which it
+  does only after the part is committed with fsync.  A driver may emit the same part again (a
+  sweep re-reads it, a delete failed): the core deduplicates by content id.
+* ``set_radio`` / ``set_forwarding`` raise :class:`CommandError` with a human-readable reason when
+  the hardware refuses; any other exception is reported as an internal error.
+
+Sims are identified by ICCID everywhere; ``port`` is only where a SIM sits now.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class DriverError(Exception):
+    """The device cannot be used right now (connect failed, port vanished, device hung)."""
+
+
+class CommandError(Exception):
+    """The hardware refused an action; ``str(exc)`` is the reason reported to the hub."""
+
+
+class Encoding(enum.StrEnum):
+    """How an SMS part's user data was coded (TS 23.038 clause 4 data coding scheme)."""
+
+    GSM7 = "gsm7"  # decoded by the driver into ``text``
+    UCS2 = "ucs2"  # raw UTF-16BE bytes in ``data``; joined across parts before decoding
+    BINARY = "8bit"  # raw bytes in ``data``; forwarded as hex
+    TEXT = "text"  # drivers without PDUs (gateways, simulation): ``text`` as delivered
+    UNDECODABLE = "undecodable"  # malformed PDU: ``data`` holds the raw TPDU, forwarded as hex
+
+
+@dataclass(frozen=True, slots=True)
+class Concat:
+    """Concatenation info from the UDH (TS 23.040 9.2.3.24.1 IEI 0x00, 9.2.3.24.8 IEI 0x08)."""
+
+    ref: int
+    part: int  # 1-based
+    total: int
+    ref_bits: int = 8  # 8 or 16: part of the reassembly key, since refs of both sizes coexist
+
+
+@dataclass(frozen=True, slots=True)
+class SimInfo:
+    """What the hardware knows about one SIM right now."""
+
+    port: str  # "<device>/<slot>", stable for the device, e.g. "pool1/3"
+    iccid: str
+    imsi: str | None = None
+    number: str | None = None  # E.164 with "+", if the hardware knows it
+    number_source: str | None = None  # "cnum", "phonebook", "ussd", "gateway", ...
+    operator: str | None = None
+    mcc_mnc: str | None = None
+    signal_dbm: int | None = None
+    registered: bool = False
+    radio_on: bool = True
+    forward_to: str | None = None  # as last set or read back; None when off or unknown
+
+
+@dataclass(frozen=True, slots=True)
+class SimPresent:
+    """A SIM is present (first seen, or anything in its :class:`SimInfo` changed)."""
+
+    info: SimInfo
+
+
+@dataclass(frozen=True, slots=True)
+class SimGone:
+    """The SIM that sat in ``port`` is no longer there (removed, swapped, modem gone)."""
+
+    port: str
+    iccid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SmsPart:
+    """One received SMS part, still stored on the hardware until acknowledged.
+
+    ``raw`` is what the message id is computed from (PROTOCOL.md section 4): the TPDU bytes for
+    PDU drivers, or a canonical encoding of sender, SMSC timestamp and text for others.  Two
+    different SMS must never share ``raw``; the same SMS read twice must always have the same.
+    """
+
+    port: str
+    iccid: str
+    sender: str
+    sent_at: datetime | None  # SMSC timestamp (SCTS), timezone-aware
+    encoding: Encoding
+    raw: bytes
+    ack_token: Hashable
+    text: str = ""  # GSM7 / TEXT
+    data: bytes = b""  # UCS2 / BINARY / UNDECODABLE
+    concat: Concat | None = None
+    flash: bool = False  # class 0 (TS 23.038 clause 4)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUp:
+    """The device is connected and working (after connect or after a recovery)."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDown:
+    """The device stopped working; the driver is recovering or the supervisor will reconnect."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStat:
+    """A counter or gauge the driver wants exported (storage use, hang-ladder steps, errors)."""
+
+    name: str  # e.g. "storage_used", "storage_total", "hang_step", "cme_error", "cms_error"
+    value: float
+    port: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+Event = SimPresent | SimGone | SmsPart | DeviceUp | DeviceDown | DeviceStat
+
+
+@dataclass(frozen=True, slots=True)
+class UssdRecipe:
+    """Own-number discovery by USSD for one operator (config ``[[number_discovery]]``)."""
+
+    mcc_mnc: str
+    ussd: str
+    regex: str  # the first group (or whole match) is the number
+
+
+@dataclass(slots=True)
+class DriverContext:
+    """What the core hands a driver: its name, and read-only help from the store and config."""
+
+    device: str
+    state_dir: Path
+    #: The number the store has cached for an ICCID (config overrides included), or None.
+    cached_number: Callable[[str], str | None] = lambda _iccid: None
+    number_recipes: Sequence[UssdRecipe] = field(default_factory=tuple)
+
+
+class DriverConfig(BaseModel):
+    """Base of every driver's ``[[devices]]`` table.  Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    driver: str
+
+
+class Driver(abc.ABC):
+    """One device (a modem pool, a gateway, a simulated bank) and the SIMs in it."""
+
+    #: The pydantic model of this driver's ``[[devices]]`` table.
+    config_model: ClassVar[type[DriverConfig]] = DriverConfig
+
+    def __init__(self, config: Any, context: DriverContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def name(self) -> str:
+        return self.context.device
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the device.  Raises :class:`DriverError` and leaves nothing behind on failure."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release everything.  Idempotent; never raises."""
+
+    @abc.abstractmethod
+    def events(self) -> AsyncIterator[Event]:
+        """Events of the current connection; ends or raises when the device is lost."""
+
+    @abc.abstractmethod
+    async def ack(self, token: Hashable) -> None:
+        """The part with this token is committed: remove it from the hardware (retrying)."""
+
+    @abc.abstractmethod
+    async def set_radio(self, port: str, on: bool) -> None:
+        """Switch the SIM in ``port`` on (registered, receiving) or off."""
+
+    @abc.abstractmethod
+    async def set_forwarding(self, port: str, to: str | None) -> None:
+        """Set unconditional call forwarding to ``to``, or cancel it with None."""
