@@ -1,0 +1,1 @@
+"""AT-command modem driver: framing -> commands -> driver facade, plus a pure PDU codec."""
