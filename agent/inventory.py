@@ -1,0 +1,167 @@
+"""The live SIM inventory: what every device reports, merged with config and the store.
+
+Owns the in-memory view keyed by ICCID (never by port), the ``state`` rule of PROTOCOL.md
+section 3, and the ``PUT /sims`` snapshot body.  It does no I/O: the app persists what it
+reports and the registrar sends the snapshots.  ``changed`` is set on every change that the hub
+should see, so the registrar can send within a second.
+
+State rule: ``disabled`` when the hub switched the SIM off (desired state, whatever the radio
+does meanwhile); ``error`` when the last command or the device reported an error for it;
+``online`` when its device is up, its radio on and it is registered; ``offline`` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agent import __version__
+from agent.mcc import country_of
+from agent.store import SimRow
+from drivers.base import SimInfo
+
+
+@dataclass(slots=True)
+class Sim:
+    iccid: str
+    device: str
+    info: SimInfo
+    number: str | None = None
+    number_source: str | None = None
+    desired_enabled: bool = True
+    #: None: no request yet; "": forwarding cancelled on request; "+7…": forward there.
+    desired_forward: str | None = None
+    device_up: bool = True
+    error: str | None = None
+    last_sms_at: str | None = None
+    sms_count: int = 0
+    applying: set[str] = field(default_factory=set)
+
+    @property
+    def state(self) -> str:
+        if not self.desired_enabled:
+            return "disabled"
+        if self.error:
+            return "error"
+        if self.device_up and self.info.radio_on and self.info.registered:
+            return "online"
+        return "offline"
+
+    def record(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "sim_id": self.iccid,
+            "imsi": info.imsi,
+            "number": self.number,
+            "number_source": self.number_source if self.number else None,
+            "country": country_of(info.mcc_mnc or info.imsi),
+            "mcc_mnc": info.mcc_mnc,
+            "operator": info.operator,
+            "device": self.device,
+            "port": info.port,
+            "state": self.state,
+            "signal_dbm": info.signal_dbm if self.state == "online" else info.signal_dbm,
+            "forward_to": self.desired_forward or None,
+            "last_sms_at": self.last_sms_at,
+        }
+
+
+class Inventory:
+    def __init__(self, agent_id: str, config_numbers: dict[str, str]) -> None:
+        self.agent_id = agent_id
+        self.hostname = socket.gethostname()
+        self._config_numbers = config_numbers
+        self._known: dict[str, SimRow] = {}
+        self.sims: dict[str, Sim] = {}
+        self.changed = asyncio.Event()
+
+    def load(self, rows: dict[str, SimRow]) -> None:
+        """What the store remembers: cached numbers, desired state, last SMS."""
+        self._known = dict(rows)
+
+    def cached_number(self, iccid: str) -> str | None:
+        if iccid in self._config_numbers:
+            return self._config_numbers[iccid]
+        row = self._known.get(iccid)
+        return row.number if row else None
+
+    def _touch(self) -> None:
+        self.changed.set()
+
+    def present(self, device: str, info: SimInfo) -> Sim:
+        """A device reports a SIM.  Returns the merged record (new or updated)."""
+        # A SIM that moved (swap, re-plug under another device) leaves its old port.
+        for other in [s for s in self.sims.values() if s.info.port == info.port]:
+            if other.iccid != info.iccid:
+                del self.sims[other.iccid]
+        sim = self.sims.get(info.iccid)
+        if sim is None:
+            row = self._known.get(info.iccid)
+            sim = Sim(info.iccid, device, info)
+            if row is not None:
+                sim.desired_enabled = row.desired_enabled
+                sim.desired_forward = row.desired_forward
+                sim.last_sms_at = row.last_sms_at
+                sim.sms_count = row.sms_count
+                sim.number, sim.number_source = row.number, row.number_source
+            self.sims[info.iccid] = sim
+        sim.device, sim.info, sim.device_up = device, info, True
+        if info.iccid in self._config_numbers:
+            sim.number, sim.number_source = self._config_numbers[info.iccid], "config"
+        elif info.number:
+            sim.number, sim.number_source = info.number, info.number_source or "gateway"
+        self._touch()
+        return sim
+
+    def gone(self, port: str, iccid: str | None) -> None:
+        for sim in [s for s in self.sims.values() if s.info.port == port]:
+            if iccid is None or sim.iccid == iccid:
+                del self.sims[sim.iccid]
+                self._touch()
+
+    def device_down(self, device: str) -> None:
+        for sim in self.sims.values():
+            if sim.device == device and sim.device_up:
+                sim.device_up = False
+                self._touch()
+
+    def sms_received(self, iccid: str, at: str, count: int) -> None:
+        sim = self.sims.get(iccid)
+        if sim is not None:
+            sim.last_sms_at = at
+            sim.sms_count += count
+
+    def set_desired(self, iccid: str, *, enabled: bool | None = None,
+                    forward: str | None = None, set_forward: bool = False) -> None:
+        sim = self.sims.get(iccid)
+        row = self._known.get(iccid)
+        if enabled is not None:
+            if sim is not None:
+                sim.desired_enabled = enabled
+            if row is not None:
+                self._known[iccid] = replace(row, desired_enabled=enabled)
+        if set_forward:
+            if sim is not None:
+                sim.desired_forward = forward
+            if row is not None:
+                self._known[iccid] = replace(self._known[iccid], desired_forward=forward)
+        self._touch()
+
+    def set_error(self, iccid: str, error: str | None) -> None:
+        sim = self.sims.get(iccid)
+        if sim is not None and sim.error != error:
+            sim.error = error
+            self._touch()
+
+    def counts(self) -> tuple[int, int]:
+        online = sum(1 for s in self.sims.values() if s.state == "online")
+        return online, len(self.sims)
+
+    def snapshot(self, seq: int) -> dict[str, Any]:
+        return {
+            "agent": {"id": self.agent_id, "version": __version__, "hostname": self.hostname},
+            "seq": seq,
+            "sims": [s.record() for s in sorted(self.sims.values(), key=lambda s: s.info.port)],
+        }
