@@ -150,7 +150,8 @@ class HubClient:
         if self._secret is not None:
             ts = str(int(time.time()))
             mac = hmac.new(
-                self._secret.get_secret_value().encode(), ts.encode() + b"." + body,
+                self._secret.get_secret_value().encode(),
+                ts.encode() + b"." + body,
                 hashlib.sha256,
             ).hexdigest()
             headers["X-Timestamp"] = ts
@@ -165,7 +166,7 @@ class HubClient:
         endpoint: str,
         body: bytes = b"",
         params: dict[str, str] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - an HTTP read timeout, not a deadline
     ) -> Outcome:
         started = time.perf_counter()
         extra: dict[str, Any] = {}
@@ -173,8 +174,12 @@ class HubClient:
             extra["timeout"] = httpx.Timeout(timeout, connect=5.0)
         try:
             response = await self._client.request(
-                method, self.base + path, content=body or None, params=params,
-                headers=self._headers(body), **extra,
+                method,
+                self.base + path,
+                content=body or None,
+                params=params,
+                headers=self._headers(body),
+                **extra,
             )
         except httpx.TimeoutException as exc:
             outcome: Outcome = Retry(f"timeout ({type(exc).__name__})")

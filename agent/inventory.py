@@ -62,7 +62,7 @@ class Sim:
             "device": self.device,
             "port": info.port,
             "state": self.state,
-            "signal_dbm": info.signal_dbm if self.state == "online" else info.signal_dbm,
+            "signal_dbm": info.signal_dbm,
             "forward_to": self.desired_forward or None,
             "last_sms_at": self.last_sms_at,
         }
@@ -133,8 +133,14 @@ class Inventory:
             sim.last_sms_at = at
             sim.sms_count += count
 
-    def set_desired(self, iccid: str, *, enabled: bool | None = None,
-                    forward: str | None = None, set_forward: bool = False) -> None:
+    def set_desired(
+        self,
+        iccid: str,
+        *,
+        enabled: bool | None = None,
+        forward: str | None = None,
+        set_forward: bool = False,
+    ) -> None:
         sim = self.sims.get(iccid)
         row = self._known.get(iccid)
         if enabled is not None:

@@ -21,30 +21,43 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.agent_info = Gauge("vsim_agent_info", "Agent identity", ["agent_id", "version"], registry=r)
+        self.agent_info = Gauge(
+            "vsim_agent_info", "Agent identity", ["agent_id", "version"], registry=r
+        )
         self.start_time = Gauge("vsim_agent_start_time_seconds", "Process start time", registry=r)
         self.parts_received = Counter("vsim_sms_parts_received", "SMS parts committed", registry=r)
         self.partial = Counter(
             "vsim_messages_partial", "Messages delivered with parts missing", registry=r
         )
-        self.delivered = Counter("vsim_messages_delivered", "Messages accepted by the hub", registry=r)
+        self.delivered = Counter(
+            "vsim_messages_delivered", "Messages accepted by the hub", registry=r
+        )
         self.retries = Counter("vsim_outbox_retries", "Batches retried after a failure", registry=r)
         self.dead_lettered = Counter(
             "vsim_messages_dead_lettered", "Messages rejected by the hub", registry=r
         )
         self.latency = Histogram(
-            "vsim_delivery_latency_seconds", "Stored to accepted by the hub",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "vsim_delivery_latency_seconds",
+            "Stored to accepted by the hub",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.hub_duration = Histogram(
-            "vsim_hub_request_duration_seconds", "Hub request latency", ["endpoint"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "vsim_hub_request_duration_seconds",
+            "Hub request latency",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.hub_errors = Counter(
             "vsim_hub_errors", "Failed hub requests", ["endpoint", "class"], registry=r
         )
-        self.auth_failure = Gauge("vsim_hub_auth_failure", "1 while the hub rejects our key", registry=r)
-        self.commands = Counter("vsim_commands", "Commands executed", ["type", "result"], registry=r)
+        self.auth_failure = Gauge(
+            "vsim_hub_auth_failure", "1 while the hub rejects our key", registry=r
+        )
+        self.commands = Counter(
+            "vsim_commands", "Commands executed", ["type", "result"], registry=r
+        )
         self.device_reconnects = Counter(
             "vsim_device_reconnects", "Device reconnects", ["device"], registry=r
         )
@@ -81,4 +94,4 @@ def counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, labels=labels)
 
 
-__all__ = ["Metrics", "Metric", "counter", "gauge", "Any"]
+__all__ = ["Any", "Metric", "Metrics", "counter", "gauge"]

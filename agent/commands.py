@@ -1,0 +1,245 @@
+"""Hub commands: the long-poll (``GET /commands``), execution, and result reporting.
+
+PROTOCOL.md section 5, as the agent side:
+
+* One long-poll is open at all times; errors reconnect with backoff.
+* A command id is executed at most once per outcome: its row is written (``running``) before
+  execution and its result (``done``) after, both durable.  A repeated id with a stored result
+  only re-sends the result.  A ``running`` row found at start-up (the agent died mid-command)
+  is executed again: every command type sets an absolute state, so repeating it is safe.
+* The desired state (enabled, forwarding) is persisted *before* touching the hardware, so a
+  crash in between still converges: the device supervisor re-applies desired state whenever a
+  SIM (re)appears.
+* Bad commands (not an object, no id, unknown type, unknown SIM, bad number) get
+  ``{"ok": false, "error": …}``, never a crash; every command finishes within 60 s.
+* Results are reported by a separate loop until the hub takes them (durable ``reported`` flag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import defaultdict
+from contextlib import suppress
+from typing import Any
+
+import structlog
+
+from agent.backoff import Backoff
+from agent.core import Core
+from agent.hubclient import Ok, Permanent, Retry
+from agent.store import iso
+from agent.uplink import _pause
+from drivers.base import CommandError
+
+log = structlog.get_logger("agent.commands")
+
+COMMAND_TIMEOUT_S = 60.0
+TYPES = ("enable", "disable", "forward", "unforward")
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class Commands:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._active: set[str] = set()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.poll_backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
+        self.report_backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
+
+    # -- poll -----------------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """Re-run commands interrupted by a crash (their effect is idempotent)."""
+        for row in await self.core.store.call(self.core.store.store.commands_running):
+            log.warning("re-running a command interrupted by a restart", command_id=row.id)
+            self._spawn(row.body)
+        self.core.results_wake.set()
+
+    async def poll(self) -> None:
+        core = self.core
+        wait = core.config.upstream.poll_wait_s
+        while True:
+            core.beat("poller")
+            outcome = await core.hub.request(
+                "GET",
+                "/commands",
+                params={"wait": str(wait)},
+                endpoint="commands",
+                timeout=wait + core.config.upstream.timeout_s,
+            )
+            if isinstance(outcome, Ok):
+                commands = outcome.data.get("commands") if isinstance(outcome.data, dict) else None
+                if not isinstance(commands, list):
+                    await _pause(
+                        core,
+                        Retry("GET /commands answered without a commands list"),
+                        self.poll_backoff,
+                        "GET /commands",
+                        "poller",
+                    )
+                    continue
+                core.health.ok()
+                self.poll_backoff.reset()
+                for body in commands:
+                    await self.submit(body)
+                continue
+            await _pause(core, outcome, self.poll_backoff, "GET /commands", "poller")
+
+    async def submit(self, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str | int):
+            log.error("hub sent a command without an id; ignored", command=_short(body))
+            return
+        body = {**body, "id": str(body["id"])}
+        cid = body["id"]
+        if cid in self._active:
+            return
+        row = await self.core.store.call(self.core.store.store.command, cid)
+        if row is not None and row.state == "done":
+            # Seen before: never executed twice; its stored result is re-sent.
+            await self.core.store.call(
+                self.core.store.store.command_finish, cid, row.result or {}, now=time.time()
+            )
+            self.core.results_wake.set()
+            return
+        if row is None:
+            await self.core.store.call(self.core.store.store.command_start, body, now=time.time())
+        self._spawn(body)
+
+    def _spawn(self, body: dict[str, Any]) -> None:
+        self._active.add(body["id"])
+        task = asyncio.create_task(self._run(body), name=f"command:{body['id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Cancel commands still running (shutdown): their rows stay ``running``."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- execute --------------------------------------------------------------------------
+
+    async def _run(self, body: dict[str, Any]) -> None:
+        cid, ctype = body["id"], body.get("type")
+        sim_id = body.get("sim_id")
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                result = await self._execute(body)
+        except TimeoutError:
+            result = {"ok": False, "error": f"timed out after {COMMAND_TIMEOUT_S:.0f} s"}
+        except CommandError as exc:
+            result = {"ok": False, "error": str(exc)[:300] or "refused by the hardware"}
+        except Exception as exc:
+            log.exception("command failed unexpectedly", command_id=cid)
+            result = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+        sim = self.core.inventory.sims.get(sim_id) if isinstance(sim_id, str) else None
+        result.setdefault("state", sim.state if sim else None)
+        result.setdefault("error", None)
+        result["finished_at"] = iso(time.time())
+        await self.core.store.call(
+            self.core.store.store.command_finish, cid, result, now=time.time()
+        )
+        self._active.discard(cid)
+        self.core.metrics.commands.labels(
+            str(ctype) if ctype in TYPES else "unknown", "ok" if result["ok"] else "error"
+        ).inc()
+        (log.info if result["ok"] else log.warning)(
+            "command executed",
+            command_id=cid,
+            type=ctype,
+            sim_id=sim_id,
+            ok=result["ok"],
+            error=result["error"],
+        )
+        self.core.results_wake.set()
+
+    async def _execute(self, body: dict[str, Any]) -> dict[str, Any]:
+        core = self.core
+        ctype, sim_id = body.get("type"), body.get("sim_id")
+        if ctype not in TYPES:
+            return {"ok": False, "error": f"unsupported command type {ctype!r}"}
+        if not isinstance(sim_id, str) or sim_id not in core.inventory.sims:
+            return {"ok": False, "error": f"unknown sim {sim_id!r}"}
+        to = body.get("to")
+        if ctype == "forward" and not (isinstance(to, str) and E164.match(to)):
+            return {"ok": False, "error": f"forward needs 'to' as E.164 (+…), got {to!r}"}
+        async with self._locks[sim_id]:
+            sim = core.inventory.sims[sim_id]
+            sup = core.devices.get(sim.device)
+            # Desired state first (durable), hardware second: a crash between converges.
+            if ctype in ("enable", "disable"):
+                enabled = ctype == "enable"
+                await core.store.call(
+                    core.store.store.set_desired, sim_id, enabled=enabled, now=time.time()
+                )
+                core.inventory.set_desired(sim_id, enabled=enabled)
+                if sup is None or sup.driver is None:
+                    return {
+                        "ok": False,
+                        "error": f"device {sim.device} is down; "
+                        "the state will be applied when it reconnects",
+                    }
+                await sup.driver.set_radio(sim.info.port, enabled)
+            else:
+                target = to if ctype == "forward" else ""
+                await core.store.call(
+                    core.store.store.set_desired,
+                    sim_id,
+                    forward=target,
+                    set_forward=True,
+                    now=time.time(),
+                )
+                core.inventory.set_desired(sim_id, forward=target, set_forward=True)
+                if sup is None or sup.driver is None:
+                    return {
+                        "ok": False,
+                        "error": f"device {sim.device} is down; "
+                        "the state will be applied when it reconnects",
+                    }
+                await sup.driver.set_forwarding(sim.info.port, target or None)
+            core.inventory.set_error(sim_id, None)
+            return {
+                "ok": True,
+                "state": core.inventory.sims[sim_id].state
+                if sim_id in core.inventory.sims
+                else None,
+            }
+
+    # -- report ---------------------------------------------------------------------------
+
+    async def report(self) -> None:
+        core = self.core
+        while True:
+            core.beat("reporter")
+            rows = await core.store.call(core.store.store.commands_unreported)
+            if not rows:
+                core.results_wake.clear()
+                await core.idle("reporter", 5.0, core.results_wake)
+                continue
+            for row in rows:
+                body = json.dumps(row.result or {}).encode()
+                outcome = await core.hub.request(
+                    "POST", f"/commands/{row.id}/result", body=body, endpoint="command_result"
+                )
+                if isinstance(outcome, Ok | Permanent):
+                    if isinstance(outcome, Permanent):
+                        log.error(
+                            "hub refused a command result", command_id=row.id, reason=outcome.reason
+                        )
+                    await core.store.call(core.store.store.command_reported, row.id)
+                    self.report_backoff.reset()
+                    continue
+                await _pause(
+                    core, outcome, self.report_backoff, "POST /commands/{id}/result", "reporter"
+                )
+                break
+
+
+def _short(body: Any) -> str:
+    return json.dumps(body, default=str)[:200]

@@ -1,0 +1,100 @@
+"""The shared state every loop of the daemon works on, and the hub-health flag they share.
+
+``Core`` is built once by :mod:`agent.app` and handed to the loops (device supervisors,
+intake, sender, registrar, command poller); it holds no logic beyond small helpers, so each
+loop's module can be read alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from agent.config import Config
+from agent.hubclient import HubClient
+from agent.inventory import Inventory
+from agent.metrics import Metrics
+from agent.store import AsyncStore
+
+if TYPE_CHECKING:
+    from agent.devices import DeviceSupervisor
+
+log = structlog.get_logger("agent")
+
+BEAT_S = 2.0  # idle loops beat at least this often
+
+
+@dataclass(slots=True)
+class HubHealth:
+    """Whether the hub accepts us.  Auth failure is logged once per streak (PROTOCOL.md 2)."""
+
+    metrics: Metrics
+    auth_failed: bool = False
+    last_error: str | None = None
+    last_ok: float | None = None
+
+    def ok(self) -> None:
+        if self.auth_failed:
+            log.info("hub accepts the API key again; resuming")
+        self.auth_failed = False
+        self.last_error = None
+        self.last_ok = time.time()
+        self.metrics.auth_failure.set(0)
+
+    def auth(self, reason: str, retry_s: float) -> None:
+        if not self.auth_failed:
+            log.error(
+                "hub rejected the API key: sending stopped, everything stays queued",
+                reason=reason,
+                retry_in_s=retry_s,
+            )
+        self.auth_failed = True
+        self.last_error = f"auth: {reason}"
+        self.metrics.auth_failure.set(1)
+
+    def error(self, reason: str) -> None:
+        self.last_error = reason
+
+
+@dataclass(slots=True)
+class Core:
+    config: Config
+    store: AsyncStore
+    inventory: Inventory
+    hub: HubClient
+    metrics: Metrics
+    health: HubHealth
+    devices: dict[str, DeviceSupervisor] = field(default_factory=dict)
+    #: Set when the outbox may have new messages (intake commits, CLI resend).
+    outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when command results wait to be reported.
+    results_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Monotonic heartbeats of the core loops, read by the systemd watchdog.
+    beats: dict[str, float] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def beat(self, loop: str) -> None:
+        self.beats[loop] = time.monotonic()
+
+    async def idle(self, loop: str, seconds: float, event: asyncio.Event | None = None) -> bool:
+        """Wait up to ``seconds`` (or until ``event``), beating so the watchdog sees a live
+        loop during long backoffs.  Returns True when the event fired."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.beat(loop)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                async with asyncio.timeout(min(left, BEAT_S)):
+                    if event is None:
+                        await asyncio.Future()  # never completes: just the timeout
+                    else:
+                        await event.wait()
+                        return True
+            except TimeoutError:
+                continue

@@ -1,0 +1,308 @@
+"""Device supervision and SMS intake: from driver events to committed parts and acks.
+
+* :class:`DeviceSupervisor`, one per ``[[devices]]`` entry (aioesphomeapi ``ReconnectLogic``
+  style): connect with capped exponential backoff and jitter, consume the driver's events,
+  reconnect when they end; WARNING on the first failure of a streak, DEBUG after.  One device
+  failing never touches another (DESIGN.md invariant 5).
+* :class:`Intake`: one writer that commits parts in batches (one transaction and one fsync per
+  batch) and only then hands each ack token back to its device's acker, which calls
+  ``driver.ack`` (the AT driver deletes the SMS from the SIM).  So a part leaves the SIM only
+  after it is durable (invariant 1); a crash between commit and ack leaves a part that is
+  re-read and recognised by its id (invariant 2).
+* Desired state (invariant 6): whenever a SIM (re)appears, its persisted desired radio and
+  forwarding state are compared with what the hardware reports and re-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+from contextlib import suppress
+
+import structlog
+
+from agent.backoff import Backoff
+from agent.core import Core
+from agent.store import iso
+from drivers.base import (
+    DeviceDown,
+    DeviceStat,
+    DeviceUp,
+    Driver,
+    DriverContext,
+    Event,
+    SimGone,
+    SimPresent,
+    SmsPart,
+)
+
+log = structlog.get_logger("agent.devices")
+
+INTAKE_BATCH = 500
+ACK_RETRY_S = 2.0
+
+
+class DeviceSupervisor:
+    def __init__(self, core: Core, name: str, intake: Intake) -> None:
+        self.core = core
+        self.name = name
+        self.spec = next(d for d in core.config.devices if d.name == name)
+        self.intake = intake
+        self.driver: Driver | None = None
+        self.up = False
+        self.down_reason: str | None = "not connected yet"
+        self.first_attempt = asyncio.Event()
+        self.stats: dict[tuple[str, str | None, tuple[tuple[str, str], ...]], float] = {}
+        self._acks: asyncio.Queue[Hashable] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.backoff = Backoff(1.0, 60.0)
+
+    def context(self) -> DriverContext:
+        return DriverContext(
+            device=self.name,
+            state_dir=self.core.config.agent.state_dir,
+            cached_number=self.core.inventory.cached_number,
+            number_recipes=self.core.config.number_recipes,
+        )
+
+    async def run(self) -> None:
+        while True:
+            driver = self.spec.driver_cls(self.spec.config, self.context())
+            try:
+                await driver.connect()
+            except Exception as exc:
+                await self._failed(f"connect failed: {_reason(exc)}", unexpected=exc)
+                continue
+            self.driver = driver
+            reason = "event stream ended"
+            acker = asyncio.create_task(self._ack_loop(driver), name=f"device:{self.name}:acker")
+            try:
+                async for event in driver.events():
+                    await self._handle(event)
+                    self.first_attempt.set()
+            except Exception as exc:
+                reason = _reason(exc)
+                if not _expected(exc):
+                    log.exception("driver failed unexpectedly", device=self.name)
+            finally:
+                self.driver = None
+                acker.cancel()
+                for task in list(self._tasks):
+                    task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await acker
+                await asyncio.shield(driver.close())
+                # Pending acks belong to the lost connection; their parts are re-read and
+                # recognised by id after the reconnect.
+                self._acks = asyncio.Queue()
+                self.core.inventory.device_down(self.name)
+            self.core.metrics.device_reconnects.labels(self.name).inc()
+            await self._failed(reason, unexpected=None)
+
+    async def _failed(self, reason: str, unexpected: BaseException | None) -> None:
+        self.up = False
+        self.down_reason = reason
+        self.first_attempt.set()
+        delay = self.backoff.next()
+        if self.backoff.failures == 1:
+            log.warning(
+                "device down; reconnecting",
+                device=self.name,
+                reason=reason,
+                retry_in_s=round(delay, 2),
+            )
+        else:
+            log.debug(
+                "device still down",
+                device=self.name,
+                reason=reason,
+                failures=self.backoff.failures,
+                retry_in_s=round(delay, 2),
+            )
+        await asyncio.sleep(delay)
+
+    async def _handle(self, event: Event) -> None:
+        inv = self.core.inventory
+        if isinstance(event, SmsPart):
+            await self.intake.put(self, event)
+        elif isinstance(event, SimPresent):
+            sim = inv.present(self.name, event.info)
+            await self.core.store.call(
+                self.core.store.store.upsert_sim,
+                iccid=sim.iccid,
+                imsi=event.info.imsi,
+                number=sim.number,
+                number_source=sim.number_source,
+                device=self.name,
+                port=event.info.port,
+                operator=event.info.operator,
+                mcc_mnc=event.info.mcc_mnc,
+                now=time.time(),
+            )
+            self._reapply(sim.iccid)
+        elif isinstance(event, SimGone):
+            inv.gone(event.port, event.iccid)
+        elif isinstance(event, DeviceUp):
+            self.up = True
+            self.down_reason = None
+            self.backoff.reset()
+            log.info("device up", device=self.name, detail=event.detail)
+        elif isinstance(event, DeviceDown):
+            self.up = False
+            self.down_reason = event.reason
+            inv.device_down(self.name)
+            log.warning("device reports down", device=self.name, reason=event.reason)
+        elif isinstance(event, DeviceStat):
+            self._stat(event)
+
+    def _stat(self, ev: DeviceStat) -> None:
+        m = self.core.metrics
+        labels = dict(ev.labels)
+        if ev.name == "hang_step":
+            m.device_hang_steps.labels(self.name, labels.get("step", str(int(ev.value)))).inc()
+        elif ev.name in ("cme_error", "cms_error"):
+            m.device_errors.labels(
+                self.name, ev.name[:3], labels.get("code", str(int(ev.value)))
+            ).inc()
+        else:
+            self.stats[(ev.name, ev.port, ev.labels)] = ev.value
+
+    def _reapply(self, iccid: str) -> None:
+        """Converge the hardware on the persisted desired state (invariant 6)."""
+        sim = self.core.inventory.sims.get(iccid)
+        driver = self.driver
+        if sim is None or driver is None:
+            return
+        info = sim.info
+        if sim.desired_enabled != info.radio_on and "radio" not in sim.applying:
+            self._apply(sim.iccid, "radio", driver.set_radio(info.port, sim.desired_enabled))
+        want = sim.desired_forward
+        if want is not None and (want or None) != info.forward_to and "fwd" not in sim.applying:
+            self._apply(sim.iccid, "fwd", driver.set_forwarding(info.port, want or None))
+
+    def _apply(self, iccid: str, what: str, coro: object) -> None:
+        sim = self.core.inventory.sims[iccid]
+        sim.applying.add(what)
+
+        async def run() -> None:
+            try:
+                async with asyncio.timeout(60):
+                    await coro  # type: ignore[misc]
+                log.info("re-applied desired state", device=self.name, sim_id=iccid, what=what)
+            except Exception as exc:
+                log.warning(
+                    "could not re-apply desired state",
+                    device=self.name,
+                    sim_id=iccid,
+                    what=what,
+                    reason=_reason(exc),
+                )
+                self.core.inventory.set_error(iccid, f"re-apply {what}: {_reason(exc)}")
+            finally:
+                sim.applying.discard(what)
+
+        task = asyncio.create_task(run(), name=f"device:{self.name}:apply:{iccid}:{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def acked(self, token: Hashable) -> None:
+        self._acks.put_nowait(token)
+
+    async def _ack_loop(self, driver: Driver) -> None:
+        queue = self._acks
+        while True:
+            token = await queue.get()
+            for attempt in range(5):
+                try:
+                    await driver.ack(token)
+                    break
+                except Exception as exc:
+                    # A part left on the SIM is re-read by the next sweep and dropped by id.
+                    log.debug(
+                        "ack failed; retrying",
+                        device=self.name,
+                        attempt=attempt + 1,
+                        reason=_reason(exc),
+                    )
+                    await asyncio.sleep(ACK_RETRY_S * (attempt + 1))
+
+
+class Intake:
+    """The single writer of received parts: batch, commit with fsync, then ack."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._queue: asyncio.Queue[tuple[DeviceSupervisor, SmsPart]] = asyncio.Queue(20000)
+
+    async def put(self, sup: DeviceSupervisor, part: SmsPart) -> None:
+        await self._queue.put((sup, part))
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        core = self.core
+        timeout = core.config.agent.reassembly_timeout_s
+        while True:
+            core.beat("intake")
+            try:
+                async with asyncio.timeout(1.0):
+                    first = await self._queue.get()
+            except TimeoutError:
+                continue
+            batch = [first]
+            while len(batch) < INTAKE_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            now = time.time()
+            result = await core.store.call(
+                core.store.store.ingest,
+                [p for _s, p in batch],
+                now=now,
+                reassembly_timeout_s=timeout,
+            )
+            core.metrics.parts_received.inc(result.stored_parts)
+            core.metrics.partial.inc(result.partial)
+            at = iso(now)
+            counts: dict[str, int] = {}
+            for _sup, part in batch:
+                counts[part.iccid] = counts.get(part.iccid, 0) + 1
+            for iccid, n in counts.items():
+                core.inventory.sms_received(iccid, at, n)
+            # Durable now: only now may the hardware forget the parts.
+            for sup, part in batch:
+                sup.acked(part.ack_token)
+            if result.messages:
+                core.outbox_wake.set()
+
+    async def expire(self) -> None:
+        """Deliver overdue multipart messages partial (invariant 4); prune old ids."""
+        core = self.core
+        timeout = core.config.agent.reassembly_timeout_s
+        tick = max(0.2, min(10.0, timeout / 10))
+        last_prune = 0.0
+        while True:
+            core.beat("reassembly")
+            await asyncio.sleep(tick)
+            n = await core.store.call(
+                core.store.store.expire_partials, now=time.time(), timeout=timeout
+            )
+            if n:
+                core.metrics.partial.inc(n)
+                log.warning("multipart messages delivered with parts missing", count=n)
+                core.outbox_wake.set()
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                await core.store.call(
+                    core.store.store.prune, now=time.time(), reassembly_timeout_s=timeout
+                )
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _expected(exc: BaseException) -> bool:
+    from drivers.base import DriverError
+
+    return isinstance(exc, DriverError | OSError | TimeoutError)
