@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -244,7 +245,7 @@ class SimNetwork:
         sender: str = "+79001112233",
         sent_at: datetime | None = None,
         encoding: Literal["auto", "gsm7", "ucs2"] = "auto",
-        order: Sequence[int] | None = None,
+        order: Sequence[int] | Literal["reverse", "shuffle"] | None = None,
         drop: Sequence[int] = (),
         ref_bits: int = 8,
         part_chars: int | None = None,
@@ -252,8 +253,9 @@ class SimNetwork:
     ) -> list[int]:
         """Send an SMS to a SIM (by number or ICCID), split into parts like a phone does.
 
-        ``order`` is the 1-based order in which parts reach the SIM (default in order); parts
-        in ``drop`` never arrive.  Returns the network ids of the parts stored.
+        ``order`` is the 1-based order in which parts reach the SIM (default in order), or
+        ``"reverse"`` / ``"shuffle"``; parts in ``drop`` never arrive.  Returns the network
+        ids of the parts stored.
         """
         sim = self.sim(to)
         country = COUNTRIES.get(sim["country"], COUNTRIES["RU"])
@@ -272,7 +274,15 @@ class SimNetwork:
         total = len(payloads)
         self._ref = (self._ref + 1) % (1 << ref_bits)
         uid = os.urandom(8).hex()
-        numbers = list(order) if order is not None else list(range(1, total + 1))
+        numbers = list(range(1, total + 1))
+        if order == "reverse":
+            numbers.reverse()
+        elif order == "shuffle":
+            random.shuffle(numbers)
+        elif order is not None:
+            numbers = list(order)
+        if sorted(numbers) != list(range(1, total + 1)):
+            raise ValueError(f"order {numbers} is not a permutation of parts 1..{total}")
         ids: list[int] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
