@@ -6,8 +6,8 @@ and configures no logging: the CLI owns both and stops the hub by setting ``shut
 cancelling the task running :func:`run_hub`).
 
 uvicorn runs with the pure-Python h11 protocol (the ``reset`` fault relies on it, and it is
-always installed), lifespan off, no access log, and a short graceful-shutdown window; open
-long-polls and held faulted requests are ended at once when the hub stops.
+always installed), lifespan off, no access log, keep-alive 75 s, and a short graceful-shutdown
+window; open long-polls and held faulted requests are ended at once when the hub stops.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ from agent.hub.state import HubState
 from agent.hub.wire import error_response
 
 log = structlog.get_logger(__name__)
+
+# Longer than the agent's default heartbeat (60 s), so an agent's idle keep-alive connection is
+# not closed under it between heartbeats (uvicorn's default is 5 s): fewer spurious
+# "connection closed" retries on the agent side.
+_KEEP_ALIVE_S = 75
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -130,6 +135,7 @@ async def run_hub(
         access_log=False,
         log_config=None,
         server_header=False,
+        timeout_keep_alive=_KEEP_ALIVE_S,
         timeout_graceful_shutdown=config.graceful_shutdown_s,
     )
     server = _Server(uv_config, ready)

@@ -6,7 +6,8 @@ fault queue, and the rentals (:mod:`agent.hub.rentals`).  It does no I/O and kno
 
 Threading: the server runs on one event loop; a test may call these methods from another
 thread.  Every mutation holds one lock for a short, await-free section; a wake-up of the
-long-polls from a foreign thread goes through ``call_soon_threadsafe``.
+long-polls from a foreign thread goes through ``call_soon_threadsafe``.  A test thread that
+iterates one of the dicts below while the hub runs should hold ``state.lock`` meanwhile.
 
 Records, as the tests see them:
 

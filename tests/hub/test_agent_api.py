@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.hub.conftest import (
     AGENT,
@@ -331,3 +332,16 @@ async def test_bad_wait_is_400(hub: Hub) -> None:
         r = await c.get("/commands", params={"wait": "-1"})
         r2 = await c.get("/commands", params={"wait": "soon"})
     assert r.status_code == r2.status_code == 400
+
+
+async def test_a_poll_whose_client_left_takes_no_command(hub: Hub) -> None:
+    async with hub.agent(timeout=0.2) as c:
+        await register(c, 1, sim())
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get("/commands", params={"wait": 5})
+        await asyncio.sleep(0.1)
+        cid = hub.state.enqueue_command("disable", RU_SIM)
+        await asyncio.sleep(0.1)
+        assert hub.state.commands[cid].deliveries == 0
+        r = await c.get("/commands")
+    assert [x["id"] for x in r.json()["commands"]] == [cid]
