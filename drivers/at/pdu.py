@@ -48,6 +48,7 @@ __all__ = [
     "gsm7_decode",
     "gsm7_unpack",
     "parse_pdu",
+    "raw_tpdu",
 ]
 
 
@@ -374,6 +375,24 @@ def parse_pdu(pdu: str | bytes, *, has_smsc: bool = True) -> Deliver | StatusRep
         # The contract is "only PduError"; a decoder bug must not crash the modem's reader
         # loop on the same stored message forever.  The fuzz tests check this never fires.
         raise PduError(f"internal decoder error: {exc!r}") from exc
+
+
+def raw_tpdu(pdu: str | bytes, *, has_smsc: bool = True) -> bytes:
+    """Best-effort TPDU bytes of a PDU that :func:`parse_pdu` rejected; never raises.
+
+    The same bytes ``Deliver.tpdu`` would hold (the SMSC field removed) whenever the hex and
+    the SMSC length octet are sound, so a message id does not depend on whether the decoder
+    understood the rest.  Otherwise the whole input: hex-decoded, or the text's own bytes.
+    """
+    if isinstance(pdu, str):
+        raw = _hex_bytes(pdu)
+        if raw is None:
+            return pdu.strip().encode("utf-8", "surrogateescape")
+    else:
+        raw = bytes(pdu)
+    if has_smsc and raw and 1 + raw[0] < len(raw):
+        return raw[1 + raw[0] :]
+    return raw
 
 
 def _parse(raw: bytes, has_smsc: bool) -> Deliver | StatusReport:

@@ -23,6 +23,7 @@ from drivers.at.pdu import (
     gsm7_decode,
     gsm7_unpack,
     parse_pdu,
+    raw_tpdu,
 )
 from drivers.base import Concat, Encoding
 from tests.support import pdu_encoder
@@ -377,6 +378,18 @@ def test_input_forms():
 def test_bad_input_is_a_pdu_error(bad, match):
     with pytest.raises(PduError, match=match):
         parse_pdu(bad)
+
+
+def test_raw_tpdu_matches_deliver_tpdu_and_never_raises():
+    for vector in [v[1] for v in VECTORS]:
+        assert raw_tpdu(vector) == parse_pdu(vector).tpdu
+        assert raw_tpdu(bytes.fromhex(vector)) == parse_pdu(vector).tpdu
+    # Rejected PDUs: SMSC field removed when it fits, else everything.
+    assert raw_tpdu("0791FFFF") == bytes.fromhex("0791FFFF")  # SMSC overruns the input
+    assert raw_tpdu("0011000B91") == bytes.fromhex("11000B91")
+    assert raw_tpdu("0011000B91", has_smsc=False) == bytes.fromhex("0011000B91")
+    assert raw_tpdu(" zz\udcff ") == "zz\udcff".encode("utf-8", "surrogateescape")
+    assert raw_tpdu("") == b""
 
 
 def test_zero_length_smsc_is_none():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.at.pdu import Deliver, PduError, StatusReport, parse_pdu
+from drivers.at.pdu import Deliver, PduError, StatusReport, parse_pdu, raw_tpdu
 from drivers.base import Concat, Encoding
 from tests.drivers.at.test_pdu import VECTORS
 from tests.support.pdu_encoder import (
@@ -220,10 +220,13 @@ def test_emoji_split_across_two_parts():
 
 def parse_or_error(data: str | bytes, has_smsc: bool = True) -> Deliver | StatusReport | None:
     try:
-        return parse_pdu(data, has_smsc=has_smsc)
+        msg = parse_pdu(data, has_smsc=has_smsc)
     except PduError as exc:
         assert not str(exc).startswith("internal decoder error"), str(exc)
+        assert isinstance(raw_tpdu(data, has_smsc=has_smsc), bytes)
         return None
+    assert raw_tpdu(data, has_smsc=has_smsc) == msg.tpdu
+    return msg
 
 
 FUZZ = settings(max_examples=400, deadline=None)
