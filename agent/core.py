@@ -73,6 +73,10 @@ class Core:
     outbox_wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when command results wait to be reported.
     results_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: ICCIDs the hub has received in a successful ``PUT /sims`` since start.  The sender
+    #: holds back messages of other SIMs: the hub rejects messages of SIMs it does not know.
+    registered: set[str] = field(default_factory=set)
+    registered_wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Monotonic heartbeats of the core loops, read by the systemd watchdog.
     beats: dict[str, float] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)

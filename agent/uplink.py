@@ -87,6 +87,17 @@ class Sender:
                 core.outbox_wake.clear()
                 await core.idle("sender", IDLE_POLL_S, core.outbox_wake)
                 continue
+            held = next((i for i, r in enumerate(rows) if r.iccid not in core.registered), None)
+            if held is not None:
+                # A SIM the hub has not been told about yet (start-up, hot-plug): send what
+                # precedes it, keep the rest (order preserved) until the registrar has run.
+                await core.store.call(core.store.store.release, rows[held:])
+                rows = rows[:held]
+                if not rows:
+                    core.inventory.changed.set()
+                    core.registered_wake.clear()
+                    await core.idle("sender", IDLE_POLL_S, core.registered_wake)
+                    continue
             try:
                 outcome = await self._send(rows)
             except BaseException:
@@ -192,9 +203,12 @@ class Registrar:
         while True:
             core.beat("registrar")
             seq = await core.store.call(core.store.store.next_seq)
-            body = json.dumps(core.inventory.snapshot(seq), ensure_ascii=False).encode()
+            snapshot = core.inventory.snapshot(seq)
+            body = json.dumps(snapshot, ensure_ascii=False).encode()
             outcome = await core.hub.request("PUT", "/sims", body=body, endpoint="sims")
             if isinstance(outcome, Ok):
+                core.registered.update(s["sim_id"] for s in snapshot["sims"])
+                core.registered_wake.set()
                 core.health.ok()
                 self.backoff.reset()
                 self.sent += 1

@@ -1,0 +1,166 @@
+"""Config loading: the example file, env overrides, secrets, and errors that name file and key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = """
+[agent]
+id = "t"
+state_dir = "{state}"
+[upstream]
+url = "http://127.0.0.1:8780/agent/v1"
+api_key = "k-123"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text.replace("{state}", str(tmp_path / "state")))
+    p.chmod(0o600)
+    return p
+
+
+def test_example_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The example points api_key_file at /etc; the env override stands in for the file.
+    monkeypatch.setenv("VSIM_UPSTREAM__API_KEY", "from-env")
+    cfg = load_config(ROOT / "config.example.toml")
+    assert cfg.api_key.get_secret_value() == "from-env"
+    assert cfg.agent.id == "farm-3"
+    assert [d.name for d in cfg.devices][:1] == ["sim-bank"]
+    assert cfg.sim_numbers == {"89701012345678901234": "+79001234567"}
+    assert cfg.number_recipes[0].mcc_mnc == "25001"
+
+
+def test_env_overrides_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VSIM_UPSTREAM__HEARTBEAT_S", "7")
+    monkeypatch.setenv("VSIM_AGENT__ID", "env-id")
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.upstream.heartbeat_s == 7
+    assert cfg.agent.id == "env-id"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            '[[devices]]\nname="a"\ndriver="simulated"\n[[devices]]\nname="b"\ndriver="simulated"'
+            '\nsims="many"',
+            "devices[1].sims",
+        ),
+        (
+            '[[devices]]\nname="a"\ndriver="simulated"\nbaudrate=9600',
+            "devices[0].baudrate: unknown key",
+        ),
+        (
+            '[[devices]]\nname="a"\ndriver="simulated"\n[[devices]]\nname="a"\ndriver="simulated"',
+            "devices[1].name: duplicate device name 'a'",
+        ),
+        ('[[devices]]\nname="a"\ndriver="nosuch"', "devices[0].driver: unknown driver 'nosuch'"),
+        ("[log]\nlevel='loud'", "log.level"),
+        ("[agent]\nbogus=1", "agent.bogus: unknown key"),
+        ("[[sims]]\niccid='123'\nnumber='+79001234567'", "sims[0].iccid"),
+        ("[[sims]]\niccid='89701012345678901234'\nnumber='89001234567'", "sims[0].number"),
+        (
+            "[[number_discovery]]\nmcc_mnc='25001'\nussd='*111#'\nregex='('",
+            "number_discovery[0].regex",
+        ),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, extra: str, expected: str) -> None:
+    text = BASE
+    if extra.startswith("[agent]"):
+        text = text.replace('[agent]\nid = "t"', '[agent]\nid = "t"\n' + extra.split("\n", 1)[1])
+    else:
+        text += "\n" + extra
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_wrong_type_in_section(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, BASE.replace('api_key = "k-123"', 'api_key = "k-123"\nheartbeat_s = "often"')
+    )
+    with pytest.raises(ConfigError, match=r"upstream\.heartbeat_s"):
+        load_config(path)
+
+
+def test_bad_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "[agent\nid=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_secret_never_in_error(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace('api_key = "k-123"', "api_key = 12345"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "12345" not in str(err.value)
+
+
+def test_api_key_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    base = BASE.replace('api_key = "k-123"\n', "")
+    with pytest.raises(ConfigError, match="upstream.api_key: required"):
+        load_config(write(tmp_path, base))
+    key = tmp_path / "key"
+    key.write_text("from-file\n")
+    cfg = load_config(write(tmp_path, base + f'api_key_file = "{key}"\n'))
+    assert cfg.api_key.get_secret_value() == "from-file"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api_key").write_text("from-credential")
+    (creds / "signing_secret").write_text("sig")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = load_config(write(tmp_path, base))
+    assert cfg.api_key.get_secret_value() == "from-credential"
+    assert cfg.signing_secret is not None
+    assert "from-credential" not in repr(cfg.settings)
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(write(tmp_path, base + f'api_key_file = "{tmp_path / "empty"}"\n'))
+
+
+def test_plain_http_refused_unless_loopback_or_allowed(tmp_path: Path) -> None:
+    remote = BASE.replace("http://127.0.0.1:8780", "http://hub.example")
+    with pytest.raises(ConfigError, match="upstream.url: plain http"):
+        load_config(write(tmp_path, remote))
+    allowed = remote.replace('api_key = "k-123"', 'api_key = "k-123"\nallow_insecure = true')
+    assert load_config(write(tmp_path, allowed)).upstream.url == "http://hub.example/agent/v1"
+    load_config(write(tmp_path, BASE.replace("127.0.0.1", "localhost")))
+
+
+def test_world_readable_key_warns(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    assert load_config(path).warnings == []
+    path.chmod(0o644)
+    warnings = load_config(path).warnings
+    assert warnings and "readable by group/others" in warnings[0]
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    good = write(tmp_path, BASE + '\n[[devices]]\nname="a"\ndriver="simulated"\n')
+    bad = write(
+        tmp_path, BASE + '\n[[devices]]\nname="a"\ndriver="simulated"\nsims=0\n', "bad.toml"
+    )
+    exe = [sys.executable, "-m", "agent"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSIM_")}
+    ok = subprocess.run([*exe, "check", "-c", str(good)], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    ko = subprocess.run([*exe, "check", "-c", str(bad)], capture_output=True, text=True, env=env)
+    assert ko.returncode == 2
+    assert f"{bad}: devices[0].sims" in ko.stderr
+    run = subprocess.run([*exe, "run", "-c", str(bad)], capture_output=True, text=True, env=env)
+    assert run.returncode == 2

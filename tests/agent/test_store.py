@@ -1,0 +1,217 @@
+"""The store on a real SQLite file: intake, reassembly, outbox states, dead letters, commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.reassembly import content_id
+from agent.store import Store
+from drivers.base import Concat, Encoding, SmsPart
+
+ICCID = "89701012345678901234"
+T0 = 1_800_000_000.0
+SCTS = datetime(2026, 11, 26, 15, 1, 9, tzinfo=UTC)
+
+
+def part(
+    text: str,
+    *,
+    ref: int | None = None,
+    no: int = 1,
+    total: int = 1,
+    bits: int = 8,
+    sender: str = "VKcom",
+    iccid: str = ICCID,
+    enc: Encoding = Encoding.GSM7,
+    data: bytes = b"",
+    tag: str = "",
+) -> SmsPart:
+    concat = Concat(ref, no, total, bits) if ref is not None else None
+    raw = f"{sender}|{ref}|{no}|{total}|{bits}|{text}|{tag}".encode() + data
+    return SmsPart(
+        port="p/0",
+        iccid=iccid,
+        sender=sender,
+        sent_at=SCTS,
+        encoding=enc,
+        raw=raw,
+        ack_token=(ref, no),
+        text=text,
+        data=data,
+        concat=concat,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "agent.db")
+    yield s
+    s.close()
+
+
+def bodies(store: Store) -> list[dict[str, object]]:
+    return [json.loads(r.body) for r in store.claim(1000)]
+
+
+def test_single_part_message_fields_and_id(store: Store) -> None:
+    p = part("VK: 93401 - ваш код")
+    res = store.ingest([p], now=T0, reassembly_timeout_s=600)
+    assert (res.stored_parts, res.messages, res.duplicates) == (1, 1, 0)
+    [m] = bodies(store)
+    assert m["id"] == content_id(ICCID, [p.raw]) and len(str(m["id"])) == 32
+    assert m["sim_id"] == ICCID and m["from"] == "VKcom" and m["text"] == "VK: 93401 - ваш код"
+    assert m["sent_at"] == "2026-11-26T15:01:09+00:00"
+    assert m["received_at"] == "2027-01-15T08:00:00.000+00:00"
+    assert m["parts"] == 1 and m["complete"] is True
+
+
+def test_reread_is_deduplicated_even_after_delivery(store: Store) -> None:
+    p = part("code 1234")
+    store.ingest([p], now=T0, reassembly_timeout_s=600)
+    rows = store.claim(10)
+    store.settle(rows, [rows[0].id], {}, now=T0 + 1)
+    assert store.outbox_stats() == (0, None)
+    res = store.ingest([p], now=T0 + 5, reassembly_timeout_s=600)
+    assert res.duplicates == 1 and res.messages == 0
+    assert store.outbox_stats()[0] == 0
+
+
+def test_equal_text_different_sms_stay_distinct(store: Store) -> None:
+    a, b = part("same", tag="scts-1"), part("same", tag="scts-2")
+    store.ingest([a, b], now=T0, reassembly_timeout_s=600)
+    assert store.outbox_stats()[0] == 2
+
+
+def test_multipart_any_order_many_in_flight(store: Store) -> None:
+    # Two messages from one sender interleaved (8- and 16-bit refs with the same value),
+    # and one from another sender reusing ref 7: three groups, all distinct.
+    a = [part(f"A{i}", ref=7, no=i, total=3) for i in (1, 2, 3)]
+    b = [part(f"B{i}", ref=7, no=i, total=2, bits=16) for i in (1, 2)]
+    c = [part(f"C{i}", ref=7, no=i, total=2, sender="Google") for i in (1, 2)]
+    order = [a[2], b[1], c[0], a[0], c[1], b[0], a[1]]
+    for p in order:
+        store.ingest([p], now=T0, reassembly_timeout_s=600)
+    got = {m["from"] + ":" + str(m["text"]): m for m in bodies(store)}
+    assert set(got) == {"VKcom:A1A2A3", "VKcom:B1B2", "Google:C1C2"}
+    assert got["VKcom:A1A2A3"]["id"] == content_id(ICCID, [p.raw for p in a])
+    assert all(m["complete"] for m in got.values())
+    assert store.pending_parts() == 0
+
+
+def test_partial_after_timeout_then_late_part_alone(store: Store) -> None:
+    p1, p2, p3 = (part(f"P{i}", ref=9, no=i, total=3) for i in (1, 2, 3))
+    store.ingest([p3, p1], now=T0, reassembly_timeout_s=600)
+    assert store.expire_partials(now=T0 + 599, timeout=600) == 0
+    assert store.expire_partials(now=T0 + 600, timeout=600) == 1
+    [m] = bodies(store)
+    assert m["text"] == "P1P3" and m["parts"] == 2 and m["complete"] is False
+    store.ingest([p2], now=T0 + 700, reassembly_timeout_s=600)
+    [late] = bodies(store)
+    assert late["text"] == "P2" and late["parts"] == 1 and late["complete"] is False
+    # A re-read of a delivered part changes nothing.
+    assert store.ingest([p1], now=T0 + 701, reassembly_timeout_s=600).duplicates == 1
+
+
+def test_ucs2_surrogate_pair_split_across_parts(store: Store) -> None:
+    raw = "код 🙂 ok".encode("utf-16-be")
+    cut = raw.index("🙂".encode("utf-16-be")) + 2  # between the two surrogates
+    p1 = part("", ref=1, no=1, total=2, enc=Encoding.UCS2, data=raw[:cut])
+    p2 = part("", ref=1, no=2, total=2, enc=Encoding.UCS2, data=raw[cut:])
+    store.ingest([p2, p1], now=T0, reassembly_timeout_s=600)
+    [m] = bodies(store)
+    assert m["text"] == "код 🙂 ok"
+
+
+def test_binary_and_undecodable_are_hex_with_marker(store: Store) -> None:
+    store.ingest(
+        [
+            part("", enc=Encoding.BINARY, data=b"\x01\xab"),
+            part("", enc=Encoding.UNDECODABLE, data=b"\x07\x91", tag="x"),
+        ],
+        now=T0,
+        reassembly_timeout_s=600,
+    )
+    ms = {m["encoding"]: m for m in bodies(store)}
+    assert ms["8bit"]["text"] == "01AB" and ms["8bit"]["complete"] is True
+    assert ms["undecodable"]["text"] == "0791" and ms["undecodable"]["complete"] is False
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.permutations(list(range(1, 6))), st.integers(0, 65535))
+def test_any_order_gives_one_exact_message(
+    tmp_path_factory: pytest.TempPathFactory, order: list[int], ref: int
+) -> None:
+    s = Store(tmp_path_factory.mktemp("h") / "a.db")
+    try:
+        parts = {i: part(f"<{i}>", ref=ref, no=i, total=5, bits=16) for i in range(1, 6)}
+        for i in order:
+            s.ingest([parts[i]], now=T0, reassembly_timeout_s=600)
+        [m] = bodies(s)
+        assert m["text"] == "<1><2><3><4><5>" and m["parts"] == 5
+    finally:
+        s.close()
+
+
+def test_outbox_claim_settle_release_dead_letters(tmp_path: Path) -> None:
+    store = Store(tmp_path / "agent.db")
+    store.ingest([part(f"m{i}", tag=str(i)) for i in range(5)], now=T0, reassembly_timeout_s=600)
+    rows = store.claim(3)
+    assert [json.loads(r.body)["text"] for r in rows] == ["m0", "m1", "m2"]  # arrival order
+    assert store.in_flight() == 3
+    settled = store.settle(rows, [rows[0].id], {rows[1].id: "unknown sim"}, now=T0 + 2)
+    assert (settled.delivered, settled.dead) == (1, 1)
+    assert store.in_flight() == 0  # the unmentioned one went back to ready
+    assert [d.reason for d in store.dead_letters()] == ["unknown sim"]
+    nxt = store.claim(10)
+    assert [json.loads(r.body)["text"] for r in nxt] == ["m2", "m3", "m4"]
+    assert nxt[0].attempts == 2
+    # Crash with rows in flight: they return to ready when the store opens again.
+    store.close()
+    again = Store(tmp_path / "agent.db")
+    try:
+        assert again.in_flight() == 0 and again.outbox_stats()[0] == 3
+        assert again.resend_dead(None) == 1
+        assert again.outbox_stats()[0] == 4 and again.dead_letter_count() == 0
+    finally:
+        again.close()
+
+
+def test_seq_persists_and_grows(tmp_path: Path) -> None:
+    s = Store(tmp_path / "a.db")
+    assert [s.next_seq(), s.next_seq()] == [1, 2]
+    s.close()
+    s = Store(tmp_path / "a.db")
+    assert s.next_seq() == 3
+    s.close()
+
+
+def test_commands_lifecycle(store: Store) -> None:
+    store.command_start({"id": "c-1", "type": "disable", "sim_id": ICCID}, now=T0)
+    assert [c.id for c in store.commands_running()] == ["c-1"]
+    store.command_finish("c-1", {"ok": True, "state": "disabled"}, now=T0 + 1)
+    [c] = store.commands_unreported()
+    assert c.result == {"ok": True, "state": "disabled"}
+    store.command_reported("c-1")
+    assert store.commands_unreported() == [] and store.command("c-1").reported  # type: ignore[union-attr]
+
+
+def test_desired_state_survives_reopen(tmp_path: Path) -> None:
+    s = Store(tmp_path / "a.db")
+    s.set_desired(ICCID, enabled=False, now=T0)
+    s.set_desired(ICCID, forward="+79007777777", set_forward=True, now=T0)
+    s.close()
+    s = Store(tmp_path / "a.db")
+    row = s.sims()[ICCID]
+    assert row.desired_enabled is False and row.desired_forward == "+79007777777"
+    s.close()
+
+
+def test_wal_and_full_sync(store: Store) -> None:
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
