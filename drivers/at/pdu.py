@@ -389,7 +389,7 @@ def raw_tpdu(pdu: str | bytes, *, has_smsc: bool = True) -> bytes:
         if raw is None:
             return pdu.strip().encode("utf-8", "surrogateescape")
     else:
-        raw = bytes(pdu)
+        raw = bytes(pdu) if isinstance(pdu, bytes | bytearray | memoryview) else b""
     if has_smsc and raw and 1 + raw[0] < len(raw):
         return raw[1 + raw[0] :]
     return raw

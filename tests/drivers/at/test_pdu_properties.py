@@ -21,7 +21,7 @@ from tests.support.pdu_encoder import (
     split_message,
 )
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 DIGITS = "0123456789"
 GSM7_CHARS = GSM7_BASIC_CHARS + GSM7_EXTENSION_CHARS
@@ -229,7 +229,7 @@ def parse_or_error(data: str | bytes, has_smsc: bool = True) -> Deliver | Status
     return msg
 
 
-FUZZ = settings(max_examples=400, deadline=None)
+FUZZ = settings(max_examples=300, deadline=None)
 
 
 @FUZZ
