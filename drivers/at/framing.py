@@ -172,7 +172,8 @@ class Urc:
 # --------------------------------------------------------------------------- log scrubbing
 
 _NUMBER = re.compile(r"\d{7,}")
-_LONG_HEX = re.compile(r"\b[0-9A-Fa-f]{16,}\b")
+# Hex with at least one letter (an all-digit run is masked as a number instead).
+_LONG_HEX = re.compile(r"\b(?=[0-9A-Fa-f]*[A-Fa-f])[0-9A-Fa-f]{16,}\b")
 _CUSD_TEXT = re.compile(r'(\+CUSD:\s*\d+\s*,\s*|AT\+CUSD=\d+\s*,\s*)"[^"]*"?')
 
 
