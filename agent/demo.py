@@ -80,6 +80,7 @@ class Demo:
         self._count = 0
         self.sent = 0
         self.hub_state = HubState()
+        self.rented: set[str] = set()  # numbers the customer holds: background traffic skips them
         self.app: App | None = None
 
     def _config(self, state_dir: Path, hub_url: str) -> dict[str, Any]:
@@ -148,7 +149,7 @@ class Demo:
         while True:
             await asyncio.sleep(self.rng.expovariate(self.rate))
             sender, text = _text(self.rng)
-            to = self.rng.choice(numbers)
+            to = self.rng.choice([n for n in numbers if n not in self.rented] or numbers)
             # Half the multipart messages reach the SIM out of order, as on real networks.
             order: Literal["shuffle"] | None = "shuffle" if self.rng.random() < 0.5 else None
             await asyncio.to_thread(net.send, to, text, sender=sender, order=order)
@@ -172,6 +173,7 @@ class Demo:
                     self._event(f"customer: getnumber {country} → {got}")
                     continue
                 number, act = got["number"], str(got["id"])
+                self.rented.add(number)
                 self._event(f"customer: rented {number} ({country}) activation {act}")
                 t0 = time.monotonic()
                 code = f"{self.rng.randrange(10**4, 10**6)}"
@@ -198,6 +200,7 @@ class Demo:
                     r = await call("send-enable-sim", id=act)
                     self._event(f"customer: send-enable-sim {number} → {r}")
                 await call("setstatus", id=act, status="1")
+                self.rented.discard(number)
 
     async def _screen(self, hub_url: str) -> None:
         tty = sys.stdout.isatty()
