@@ -26,9 +26,9 @@ from agent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, 
 HARD_STOP_S = 9.5  # invariant 7: exit within 10 s of SIGTERM, whatever is still running
 
 
-def _load(path: Path) -> Config:
+def _load(path: Path, *, require_key: bool = True) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, require_key=require_key)
     except ConfigError as exc:
         print(f"config error:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, require_key=False)
     for warning in config.warnings:
         print(f"warning: {warning}")
     print(f"{args.config}: OK")
@@ -126,7 +126,7 @@ def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, require_key=False)
     st = _fetch_status(config)
     if args.json:
         print(json.dumps(st, indent=1, ensure_ascii=False))
@@ -168,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_queue(args: argparse.Namespace) -> int:
     from agent.store import Store
 
-    config = _load(args.config)
+    config = _load(args.config, require_key=False)
     db = config.agent.state_dir / "agent.db"
     if not db.exists():
         print(f"no store at {db}", file=sys.stderr)

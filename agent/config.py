@@ -255,8 +255,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load_config(path: Path | None, *, data: dict[str, Any] | None = None) -> Config:
-    """Read, validate and resolve a config file (or an in-memory dict when ``data`` is given)."""
+def load_config(
+    path: Path | None, *, data: dict[str, Any] | None = None, require_key: bool = True
+) -> Config:
+    """Read, validate and resolve a config file (or an in-memory dict when ``data`` is given).
+
+    ``require_key=False`` (``vsim-agent check``) turns a missing API key into a warning: an
+    operator checks the file outside systemd, where ``LoadCredential`` is not there.
+    """
     where = str(path) if path is not None else "<config>"
     if data is None:
         if path is None:
@@ -316,11 +322,12 @@ def load_config(path: Path | None, *, data: dict[str, Any] | None = None) -> Con
 
     up = settings.upstream
     api_key = _secret(up.api_key, up.api_key_file, "api_key", where, "upstream.api_key")
-    if api_key is None:
-        raise ConfigError(
-            f"{where}: upstream.api_key: required (set api_key, api_key_file, or systemd "
-            "LoadCredential=api_key:...)"
-        )
+    missing_key = (
+        f"{where}: upstream.api_key: required (set api_key, api_key_file, or systemd "
+        "LoadCredential=api_key:...)"
+    )
+    if api_key is None and require_key:
+        raise ConfigError(missing_key)
     signing = _secret(
         up.signing_secret,
         up.signing_secret_file,
@@ -328,7 +335,11 @@ def load_config(path: Path | None, *, data: dict[str, Any] | None = None) -> Con
         where,
         "upstream.signing_secret",
     )
-    cfg_out = Config(path, settings, devices, api_key, signing)
+    cfg_out = Config(path, settings, devices, api_key or SecretStr(""), signing)
+    if api_key is None:
+        cfg_out.warnings.append(
+            missing_key.split(": ", 1)[1] + "; fine under systemd if the unit loads the credential"
+        )
 
     parts = urlsplit(up.url)
     if parts.scheme == "http" and not up.allow_insecure and not _is_loopback(parts.hostname or ""):
