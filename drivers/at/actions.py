@@ -91,7 +91,8 @@ class Actions(PortBase):
             async with asyncio.timeout(COMMAND_BUDGET_S):
                 await modem.set_cfun(fun)
                 self._desired_radio[info.iccid] = on
-                self._update(replace(self.info or info, radio_on=on))
+                # Reported together with the registration that follows from it.
+                self.info = replace(self.info or info, radio_on=on)
                 if on:
                     await self._wait_registered()
                 else:

@@ -36,7 +36,9 @@ __all__ = ["PortSettings", "PortState", "PortSupervisor"]
 log = structlog.get_logger(__name__)
 
 ACK_RETRY_DELAYS_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
-ICCID_FRESH_S = 1.0  # re-read the ICCID before reading SMS if older than this
+#: Re-read the ICCID before reading SMS unless read this recently.  0: before every read, so
+#: a part is never labelled with the SIM that was there a moment ago (one short command).
+ICCID_FRESH_S = 0.0
 MAX_REMEMBERED_TOKENS = 1024
 
 

@@ -35,6 +35,8 @@ from drivers.at.framing import AtProtocol, PortClosed
 
 #: Opening ``socket://`` ports.
 CONNECT_TIMEOUT_S = 10.0
+#: How long a cancelled open waits for pyserial's opener thread before leaving it behind.
+OPEN_WAIT_S = 5.0
 
 
 class FdTransport(asyncio.Transport):
@@ -237,8 +239,13 @@ async def _open_serial(url: str, baudrate: int) -> Any:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        # The thread may still open the port: close whatever it returns, leave nothing behind.
-        task.add_done_callback(_close_result)
+        # The opener thread cannot be interrupted: wait for it (briefly) and close whatever it
+        # opened, so a cancelled connect leaves no port and no task behind.
+        done, _ = await asyncio.wait({task}, timeout=OPEN_WAIT_S)
+        if done:
+            _close_result(task)
+        else:
+            task.add_done_callback(_close_result)
         raise
     except (serial.SerialException, OSError, ValueError) as exc:
         raise PortClosed(f"cannot open {url}: {exc}") from exc

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from drivers.at.commands import swap_nibbles
-from drivers.at.driver import AtConfig
-from drivers.base import Encoding, SmsPart
+from drivers.base import CommandError, DeviceStat, Encoding, SimGone, SimPresent
 from tests.drivers.at.emu import WHEN, Harness, sms, until
 from tests.emulator import EmulatedModem, ModemServer, SimCard
 
@@ -109,3 +107,217 @@ async def test_sweep_catches_sms_stored_while_nobody_listened(
     modem.mute(False)
     part2 = await h.part(lambda p: p.text == "URC lost")
     assert part2.iccid == part.iccid
+
+
+async def test_failed_cmgd_is_retried(server: ModemServer, harness: Make) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)])
+    await h.sim()
+    index = modem.deliver_pdu(sms("delete me"))
+    part = await h.part()
+    modem.fail_cmgd(2)
+    await h.driver.ack(part.ack_token)
+    assert deleted(modem) == [index]
+    assert [c for c in modem.commands() if c.startswith("AT+CMGD")] == [f"AT+CMGD={index}"] * 3
+
+
+async def test_delete_never_hits_a_newer_sms_in_the_same_index(
+    server: ModemServer, harness: Make
+) -> None:
+    # The ack of an already deleted part (a duplicate emission) must not delete the new SMS
+    # that the modem stored in the freed index meanwhile.
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)])
+    await h.sim()
+    index = modem.deliver_pdu(sms("first"))
+    first = await h.part(lambda p: p.text == "first")
+    await h.driver.ack(first.ack_token)
+    again = modem.deliver_pdu(sms("second"))
+    assert again == index  # the same slot
+    await h.part(lambda p: p.text == "second")
+    await h.driver.ack(first.ack_token)  # duplicate ack of the first one
+    assert list(modem.stored()) == [index]
+
+
+async def test_parked_ack_is_done_after_reconnect(
+    server: ModemServer, harness: Make, tmp_path: Path
+) -> None:
+    modem = EmulatedModem("ec25")
+    link = tmp_path / "modem0"
+    server.start_pty(modem, link=link)
+    h = await harness([str(link)])
+    await h.sim()
+    index = modem.deliver_pdu(sms("ack while unplugged"))
+    part = await h.part()
+    modem.unplug()
+    await h.gone()
+    await h.driver.ack(part.ack_token)  # the port is down: parked, not lost, not raised
+    assert deleted(modem) == []
+    modem.replug()
+    await until(lambda: deleted(modem) == [index])
+
+
+async def test_garbage_bytes_do_not_stop_anything(server: ModemServer, harness: Make) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)], poll_s=0.2)
+    await h.sim()
+    modem.garbage(b"\r\n\xff\xfe\x00\x80garbage\xff\r\n\xfe")
+    modem.deliver_pdu(sms("after garbage"))
+    await h.part(lambda p: p.text == "after garbage")
+    modem.garbage(b"\xff" * 5000)
+    modem.deliver_pdu(sms("after more garbage"))
+    await h.part(lambda p: p.text == "after more garbage")
+    protocol = h.driver._ports["pool/0"]._protocol
+    assert protocol is not None and protocol.stats["garbage_bytes"] > 5000
+
+
+async def test_mute_is_survived_and_sms_stored_meanwhile_arrives(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("sim800")
+    h = await harness([server.start_pty(modem)], poll_s=0.2, sweep_s=0.5)
+    await h.sim()
+    modem.mute(True)
+    modem.deliver_pdu(sms("stored while hung"))  # stored, its +CMTI swallowed
+    await h.wait_new(DeviceStat, lambda s: s.name == "hang_step")
+    modem.mute(False)
+    part = await h.part(lambda p: p.text == "stored while hung", timeout=8)
+    assert part.port == "pool/0"
+
+
+async def test_unplug_replug_pty_with_moving_path(
+    server: ModemServer, harness: Make, tmp_path: Path
+) -> None:
+    modem = EmulatedModem("e3372")
+    link = tmp_path / "usb-huawei-if00"
+    first_path = server.start_pty(modem, link=link)
+    h = await harness([str(link)])
+    info = (await h.sim()).info
+    modem.unplug()
+    gone = await h.gone()
+    assert gone.iccid == info.iccid
+    modem.replug()
+    assert server.wait_pty_path(modem)  # a new pty (the kernel may reuse the number)
+    back = await h.wait_new(SimPresent, lambda e: e.info.iccid == info.iccid)
+    assert back.info.registered
+    modem.deliver_pdu(sms("after replug"))
+    await h.part(lambda p: p.text == "after replug")
+
+
+async def test_unplug_replug_tcp(server: ModemServer, harness: Make) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([f"socket://127.0.0.1:{server.start_tcp(modem)}"])
+    info = (await h.sim()).info
+    modem.unplug()
+    await h.gone()
+    modem.replug()
+    await h.wait_new(SimPresent, lambda e: e.info.iccid == info.iccid, timeout=8)
+    modem.deliver_pdu(sms("after replug"))
+    await h.part(lambda p: p.text == "after replug")
+
+
+async def test_sim_swap_is_reported_and_new_parts_carry_the_new_iccid(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)])
+    old = (await h.sim()).info
+    new = SimCard.generate()
+    modem.insert_sim(new)
+    gone = await h.gone()
+    assert gone.iccid == old.iccid
+    present = await h.wait_new(SimPresent, lambda e: e.info.iccid == new.iccid)
+    assert present.info.imsi == new.imsi
+    modem.deliver_pdu(sms("for the new SIM"))
+    part = await h.part(lambda p: p.text == "for the new SIM")
+    assert part.iccid == new.iccid
+
+
+async def test_swap_without_any_urc_is_caught_before_reading(
+    server: ModemServer, harness: Make
+) -> None:
+    # A modem without SIM-detect URCs (SIM800 on boards with no detect pin): the ICCID is
+    # re-read before parts are read, so no part is ever labelled with the old SIM.
+    modem = EmulatedModem("sim800")
+    h = await harness([server.start_pty(modem)])
+    old = (await h.sim()).info
+    new = SimCard.generate()
+    with modem._lock:  # swap behind the modem's back: no URC at all
+        modem._sim = new
+        modem._sim_attach(announce=False)
+    modem.deliver_pdu(sms("silent swap"))
+    part = await h.part(lambda p: p.text == "silent swap")
+    assert part.iccid == new.iccid != old.iccid
+    assert [g.iccid for g in h.of(SimGone)] == [old.iccid]
+
+
+@pytest.mark.parametrize(("profile", "off"), [("ec25", 4), ("e3372", 0)])
+async def test_radio_off_and_on(server: ModemServer, harness: Make, profile: str, off: int) -> None:
+    modem = EmulatedModem(profile)
+    h = await harness([server.start_pty(modem)])
+    await h.sim()
+    await h.driver.set_radio("pool/0", False)
+    assert not modem.radio_on
+    assert f"AT+CFUN={off}" in modem.commands()
+    info = await h.wait(SimPresent, lambda e: not e.info.radio_on)
+    assert not info.info.registered
+    await h.driver.set_radio("pool/0", True)
+    assert modem.radio_on and modem.registered
+    on = await h.wait_new(SimPresent, lambda e: e.info.radio_on and e.info.registered)
+    assert on.info.port == "pool/0"
+
+
+async def test_radio_state_is_reapplied_after_a_modem_reset(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)])
+    await h.sim()
+    await h.driver.set_radio("pool/0", False)
+    modem.reset()  # boots with CFUN=1 and says RDY
+    await until(lambda: modem.powered and modem.commands().count("AT+CFUN=4") == 2)
+    assert not modem.radio_on
+
+
+async def test_call_forwarding_set_and_cleared(server: ModemServer, harness: Make) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([f"socket://127.0.0.1:{server.start_tcp(modem)}"])
+    await h.sim()
+    await h.driver.set_forwarding("pool/0", "+79001112233")
+    sim = modem.sim
+    assert sim is not None
+    assert 'AT+CCFC=0,3,"+79001112233",145' in modem.commands()
+    assert sim.forwarding[0].number == "+79001112233" and sim.forwarding[0].active
+    info = await h.wait(SimPresent, lambda e: e.info.forward_to == "+79001112233")
+    assert info.info.iccid == sim.iccid
+    await h.driver.set_forwarding("pool/0", None)
+    assert "AT+CCFC=0,4" in modem.commands()
+    assert 0 not in sim.forwarding or not sim.forwarding[0].active
+    await h.wait(SimPresent, lambda e: e.info.forward_to is None and e.info.iccid == sim.iccid)
+
+
+async def test_forwarding_refused_raises_command_error_with_the_modem_error(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)])
+    await h.sim()
+    modem.cme_error("AT+CCFC", 30)
+    with pytest.raises(CommandError, match=r"\+CME ERROR: 30 \(no network service\)"):
+        await h.driver.set_forwarding("pool/0", "+79001112233")
+    with pytest.raises(CommandError, match="no such port"):
+        await h.driver.set_forwarding("pool/9", None)
+    with pytest.raises(CommandError, match="not a phone number"):
+        await h.driver.set_forwarding("pool/0", "12; rm -rf")
+
+
+async def test_forwarding_waits_for_registration_then_gives_up(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)])
+    await h.sim()
+    modem.set_network(2)  # searching: no service
+    with pytest.raises(CommandError, match="not registered"):
+        await h.driver.set_forwarding("pool/0", "+79001112233")
+    assert not any(c.startswith("AT+CCFC") for c in modem.commands())
