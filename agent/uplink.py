@@ -123,6 +123,7 @@ class Sender:
                 core.store.store.settle, rows, accepted, rejected, now=time.time()
             )
             self._after_settle(rows, settled.delivered, settled.dead, settled.latencies)
+            self._log_delivered(rows, accepted, time.time())
             for msg_id, reason in rejected.items():
                 log.error(
                     "hub rejected a message; kept in dead letters", msg_id=msg_id, reason=reason
@@ -165,14 +166,17 @@ class Sender:
         core.metrics.dead_lettered.inc(dead)
         for lat in latencies:
             core.metrics.latency.observe(lat)
-        if delivered:
-            log.info(
-                "forwarded",
-                count=delivered,
-                latency_ms=round(max(latencies) * 1000, 1) if latencies else None,
-                msg_id=rows[0].id if len(rows) == 1 else None,
-                sim_id=rows[0].iccid if len(rows) == 1 else None,
-            )
+
+    def _log_delivered(self, rows: list[OutboxRow], accepted: set[str], now: float) -> None:
+        # One line per forwarded SMS (DESIGN.md, logs): id, SIM, latency; never the text.
+        for row in rows:
+            if row.id in accepted:
+                log.info(
+                    "forwarded",
+                    msg_id=row.id,
+                    sim_id=row.iccid,
+                    latency_ms=round((now - row.stored_at) * 1000, 1),
+                )
 
 
 class Registrar:
