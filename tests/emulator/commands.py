@@ -200,9 +200,12 @@ def _cpin(m: EmulatedModem, cmd: Command) -> Reply:
                 m._cpin = "SIM PUK"
         return Reply(result=cme(16))
     m._cpin = "READY"
-    m._announce_sim()
-    m._refresh_registration()
-    return Reply()
+
+    def ready() -> None:  # the SIM reports in after the OK
+        m._announce_sim()
+        m._refresh_registration()
+
+    return Reply(after=ready)
 
 
 def _iccid(m: EmulatedModem, cmd: Command) -> Reply:
@@ -339,8 +342,7 @@ def _cops(m: EmulatedModem, cmd: Command) -> Reply:
             return Reply(result=ERROR)
         return Reply()
     m._cops_mode = 2 if mode == 2 else 0
-    m._refresh_registration()
-    return Reply()
+    return Reply(after=m._refresh_registration)  # +CREG URCs follow the OK
 
 
 def _csq(m: EmulatedModem, cmd: Command) -> Reply:
@@ -382,8 +384,8 @@ def _cfun(m: EmulatedModem, cmd: Command) -> Reply:
             m._after(RESET_GRACE, lambda: m._reset_now(m.reset_drops_line))
 
         return Reply(after=reset)
-    m._set_fun(fun)
-    return Reply()
+    m._fun = fun
+    return Reply(after=m._refresh_registration)  # +CREG URCs follow the OK
 
 
 # ---------------------------------------------------------------------- SMS (TS 27.005)
@@ -456,12 +458,17 @@ def _cnmi(m: EmulatedModem, cmd: Command) -> Reply:
     if any(not 0 <= v <= hi for v, hi in zip(values, limits, strict=True)):
         return Reply(result=cms(303))
     m._cnmi = values
-    if values[0] != 0:
-        buffered, m._ta_buffer = m._ta_buffer, []
+    if values[0] == 0:
+        return Reply()
+    buffered, m._ta_buffer = m._ta_buffer, []
+
+    def flush() -> None:
+        # "OK response shall be given before flushing the codes" (TS 27.005 3.4.1 <bfr>=0).
         if values[4] == 0:
             for text in buffered:
                 m._urc(text)
-    return Reply()
+
+    return Reply(after=flush)
 
 
 def _pdu_mode(m: EmulatedModem) -> Result | None:

@@ -735,10 +735,6 @@ class EmulatedModem:
         self._refresh_registration()
         self._arm_noise()
 
-    def _set_fun(self, fun: int) -> None:
-        self._fun = fun
-        self._refresh_registration()
-
     # ------------------------------------------------------------------ faults
 
     def inject_urc(self, text: str) -> None:
