@@ -60,6 +60,7 @@ def test_unit_settings_the_agent_relies_on() -> None:
         "Service.Restart": ["on-failure"],
         "Service.RestartSec": ["5"],
         "Service.TimeoutStopSec": ["15"],
+        "Service.Environment": ["PYTHONUNBUFFERED=1", "PYTHONFAULTHANDLER=1"],
         "Service.StateDirectory": ["vsim-agent"],
         "Service.ConfigurationDirectory": ["vsim-agent"],
         "Service.LoadCredential": ["api_key:/etc/vsim-agent/api_key"],
