@@ -150,7 +150,9 @@ class EmulatedModem:
         sim_busy_tries: int = 0,
         reset_drops_line: bool = False,
         noise_interval: float | None = None,
+        sim_init_time: float = 0.0,
         log_limit: int | None = 100_000,
+        event_limit: int | None = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.profile: Profile = get_profile(profile)
@@ -162,6 +164,7 @@ class EmulatedModem:
         self.ussd_delay = ussd_delay
         self.network_retry = network_retry
         self.sim_busy_tries = sim_busy_tries
+        self.sim_init_time = sim_init_time
         self.reset_drops_line = reset_drops_line
         self.noise_interval = noise_interval
         self.clock = clock
@@ -171,7 +174,7 @@ class EmulatedModem:
         self._listener: Callable[[], None] | None = None
         self._seq = itertools.count(1)
         self._log: deque[LogEntry] = deque(maxlen=log_limit)
-        self._events: list[ModemEvent] = []
+        self._events: deque[ModemEvent] = deque(maxlen=event_limit)
 
         self._out = bytearray()
         self._timers: list[_Timer] = []
@@ -609,10 +612,19 @@ class EmulatedModem:
                         self._urc(text)
             self._sim = sim
             if sim is not None:
-                self._sim_attach(announce=True)
-                self._refresh_registration()
+                if self.sim_init_time > 0:
+                    # The ME reads the new card for a while: SIM commands answer "SIM busy".
+                    self._cpin = "INITIALIZING"
+                    self._after(self.sim_init_time, lambda: self._sim_ready_after_insert(sim))
+                else:
+                    self._sim_ready_after_insert(sim)
             self._notify()
             return old
+
+    def _sim_ready_after_insert(self, sim: SimCard) -> None:
+        if self._sim is sim:
+            self._sim_attach(announce=True)
+            self._refresh_registration()
 
     def swap_sim(
         self, iccid: str, imsi: str, number: str | None = None, **kwargs: object
@@ -650,6 +662,8 @@ class EmulatedModem:
         make = cms if sms else cme
         if self._sim is None:
             return make(310 if sms else 10)
+        if self._cpin == "INITIALIZING":
+            return make(314 if sms else 14)
         if self._sim_busy_left > 0:
             self._sim_busy_left -= 1
             return make(314 if sms else 14)

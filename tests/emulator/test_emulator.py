@@ -647,6 +647,17 @@ def test_pty_reopen_sees_no_stale_output(h: Harness) -> None:
     assert again.command("AT+CMGL=4").startswith(b"\r\n+CMGL: 0,0,,62\r\n")
 
 
+def test_pty_open_is_noticed_at_once(h: Harness) -> None:
+    modem = EmulatedModem("ec25")
+    path = h.server.start_pty(modem)
+    time.sleep(0.6)  # long enough for the fallback probe to have backed off
+    port = h.open_pty(path)
+    start = time.monotonic()
+    port.write(b"AT\r")
+    port.read_until(FINAL)
+    assert time.monotonic() - start < 0.15  # inotify IN_OPEN, not polling
+
+
 def test_swap_sim_keeps_messages_with_the_old_sim(h: Harness) -> None:
     modem = EmulatedModem("sim800", register_delay=0.01)
     _, port = h.tcp(modem)
@@ -661,7 +672,10 @@ def test_swap_sim_keeps_messages_with_the_old_sim(h: Harness) -> None:
     )
     assert port.command("AT+CCID") == b"\r\n89701990000000000017\r\n\r\nOK\r\n"
     assert port.command("AT+CMGL=4") == b"\r\nOK\r\n"
+    modem.sim_init_time = 0.1  # reading a card takes a while: SIM busy meanwhile
     modem.insert_sim(old)
+    port.command("AT+CMEE=1")
+    assert port.command("AT+CCID") == b"\r\n+CME ERROR: 14\r\n"
     port.read_until(b"SMS Ready\r\n")
     assert port.command("AT+CMGL=4").startswith(b'\r\n+CMGL: 1,0,"",62\r\n')
     assert [e.action for e in modem.events() if e.action.startswith("sim")] == [

@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import errno
 import os
 import resource
 import select
 import socket
+import struct
 import termios
 import threading
 import time
@@ -44,7 +46,10 @@ from .modem import EmulatedModem
 T = TypeVar("T")
 
 MAX_BUFFER = 256 * 1024  # bytes queued for a slow reader; beyond that output is dropped (overrun)
-PROBE_MIN, PROBE_MAX = 0.01, 0.25  # s between checks for a process opening an idle pty
+# s between checks for a process opening an idle pty: a safety net behind inotify, the only
+# way without it (then a first command may wait up to PROBE_MAX_POLLING before it is read).
+PROBE_MIN, PROBE_MAX_INOTIFY, PROBE_MAX_POLLING = 0.01, 5.0, 0.25
+IN_OPEN = 0x20  # <sys/inotify.h>
 REBIND_RETRY = 0.05  # s between attempts to listen again after replug when the port is busy
 CALL_TIMEOUT = 10.0
 
@@ -57,6 +62,65 @@ def raise_fd_limit(wanted: int = 65536) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return target
     return soft
+
+
+class _OpenWatcher:
+    """Learns at once that a process opened a pty slave: inotify IN_OPEN (Linux, via libc).
+
+    Without it, idle ptys are polled for the hang-up condition clearing; with it, 512 unopened
+    ptys cost no CPU.  Runs on the loop thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fd = -1
+        self._lines: dict[int, _PtyLine] = {}
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        except (OSError, AttributeError):
+            return
+        if fd >= 0:
+            self._libc = libc
+            self.fd = fd
+            loop.add_reader(fd, self._read)
+
+    @property
+    def active(self) -> bool:
+        return self.fd >= 0
+
+    def watch(self, path: str, line: _PtyLine) -> int | None:
+        if self.fd < 0:
+            return None
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), IN_OPEN))
+        if wd < 0:
+            return None
+        self._lines[wd] = line
+        return wd
+
+    def unwatch(self, wd: int) -> None:
+        if self._lines.pop(wd, None) is not None and self.fd >= 0:
+            self._libc.inotify_rm_watch(self.fd, wd)  # EINVAL if the node is gone: fine
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        offset = 0
+        while offset + 16 <= len(data):
+            wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+            offset += 16 + length
+            line = self._lines.get(wd)
+            if line is not None and mask & IN_OPEN:
+                line.opened()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        self._lines.clear()
 
 
 class _Line:
@@ -309,6 +373,10 @@ class _PtyLine(_Line):
         self._present = False  # some process has the slave open
         self._probe: asyncio.TimerHandle | None = None
         self._probe_interval = PROBE_MIN
+        self._wd: int | None = None
+        watcher = server.open_watcher()
+        self._watcher = watcher
+        self._probe_max = PROBE_MAX_INOTIFY if watcher.active else PROBE_MAX_POLLING
 
     def _open(self) -> None:
         master, slave = os.openpty()
@@ -324,6 +392,7 @@ class _PtyLine(_Line):
         self._poller = select.poll()
         self._poller.register(master, select.POLLIN)
         self._present = False
+        self._wd = self._watcher.watch(self.path, self)
         self._start_probe()
         if self.link is not None:
             tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
@@ -338,13 +407,20 @@ class _PtyLine(_Line):
             self._probe.cancel()
         self._probe = self.loop.call_later(interval, self._check_open)
 
+    def opened(self) -> None:
+        """inotify saw an open of the slave (maybe our own stale-flush open: check)."""
+        if self._master is not None and not self._present:
+            self._check_open()
+
     def _check_open(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         self._probe = None
         if self._master is None or self._poller is None:
             return
         events = self._poller.poll(0)
         if any(ev & select.POLLHUP for _, ev in events):
-            self._start_probe(min(self._probe_interval * 2, PROBE_MAX))
+            self._start_probe(min(self._probe_interval * 2, self._probe_max))
             return
         self._present = True
         self.loop.add_reader(self._master, self._read)
@@ -387,6 +463,9 @@ class _PtyLine(_Line):
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None
+        if self._wd is not None:
+            self._watcher.unwatch(self._wd)
+            self._wd = None
         if self._master is not None:
             self._stop_writer()
             if self._present:
@@ -422,6 +501,7 @@ class ModemServer:
         self.loop = asyncio.new_event_loop()
         self.thread_id: int | None = None
         self._lines: dict[int, _Line] = {}
+        self._watcher: _OpenWatcher | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopped = False
@@ -453,6 +533,12 @@ class ModemServer:
 
         self.loop.call_soon_threadsafe(run)
         return fut.result(timeout=CALL_TIMEOUT)
+
+    def open_watcher(self) -> _OpenWatcher:
+        """The server's inotify watcher (loop thread only; created on first use)."""
+        if self._watcher is None:
+            self._watcher = _OpenWatcher(self.loop)
+        return self._watcher
 
     def _register(self, modem: EmulatedModem, line: _Line) -> None:
         if id(modem) in self._lines:
@@ -538,6 +624,8 @@ class ModemServer:
             for line in self._lines.values():
                 line.close()
             self._lines.clear()
+            if self._watcher is not None:
+                self._watcher.close()
 
         try:
             self._call(close_all)
