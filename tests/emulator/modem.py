@@ -593,10 +593,12 @@ class EmulatedModem:
 
     # ------------------------------------------------------------------ SIM slot
 
-    def insert_sim(self, sim: SimCard | None) -> SimCard | None:
+    def insert_sim(self, sim: SimCard | None, *, announce: bool = True) -> SimCard | None:
         """Put ``sim`` in the slot (None: leave it empty); returns the SIM taken out.
 
-        The old SIM keeps its stored messages and held network messages.
+        The old SIM keeps its stored messages and held network messages.  With
+        ``announce=False`` the swap happens behind the host's back: no +CPIN/vendor URCs and
+        no registration change, like a SIM800 on a board without a SIM-detect pin.
         """
         with self._lock:
             old = self._sim
@@ -604,15 +606,17 @@ class EmulatedModem:
                 self._event("sim_removed", iccid=old.iccid)
                 self._sim = None
                 self._cpin = "NOT INSERTED"
-                self._refresh_registration()
-                if self._powered:
-                    if self.profile.cpin_urc:
+                if announce:
+                    self._refresh_registration()
+                    if self._powered and self.profile.cpin_urc:
                         self._urc("+CPIN: NOT READY")
-                    for text in self.profile.sim_removed_urcs:
+                    for text in self.profile.sim_removed_urcs if self._powered else ():
                         self._urc(text)
             self._sim = sim
             if sim is not None:
-                if self.sim_init_time > 0:
+                if not announce:
+                    self._sim_attach(announce=False)
+                elif self.sim_init_time > 0:
                     # The ME reads the new card for a while: SIM commands answer "SIM busy".
                     self._cpin = "INITIALIZING"
                     self._after(self.sim_init_time, lambda: self._sim_ready_after_insert(sim))
@@ -627,11 +631,17 @@ class EmulatedModem:
             self._refresh_registration()
 
     def swap_sim(
-        self, iccid: str, imsi: str, number: str | None = None, **kwargs: object
+        self,
+        iccid: str,
+        imsi: str,
+        number: str | None = None,
+        *,
+        announce: bool = True,
+        **kwargs: object,
     ) -> SimCard | None:
-        """Replace the SIM with a new one (extra keywords go to :class:`SimCard`)."""
+        """Replace the SIM with a new one (extra keywords go to :class:`SimCard`); returns the old."""
         new = SimCard(iccid=iccid, imsi=imsi, number=number, **kwargs)  # type: ignore[arg-type]
-        return self.insert_sim(new)
+        return self.insert_sim(new, announce=announce)
 
     def _sim_attach(self, *, announce: bool, event: bool = True) -> None:
         sim = self._sim

@@ -687,6 +687,17 @@ def test_swap_sim_keeps_messages_with_the_old_sim(h: Harness) -> None:
     ]
 
 
+def test_silent_sim_swap(h: Harness) -> None:
+    modem = EmulatedModem("sim800")
+    _, port = h.tcp(modem)
+    port.command("ATE0")
+    new = SimCard.generate()
+    modem.insert_sim(new, announce=False)  # no SIM-detect pin: the host is not told
+    assert port.drain(0.1) == b""
+    assert port.command("AT+CCID") == f"\r\n{new.iccid}\r\n\r\nOK\r\n".encode()
+    assert modem.registered
+
+
 def test_cfun_reset_goes_silent_then_boots(h: Harness) -> None:
     modem = EmulatedModem("ec25", reset_time=0.2, boot_time=0.05)
     _, port = h.pty(modem)
