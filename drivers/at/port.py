@@ -36,9 +36,6 @@ __all__ = ["PortSettings", "PortState", "PortSupervisor"]
 log = structlog.get_logger(__name__)
 
 ACK_RETRY_DELAYS_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
-#: Re-read the ICCID before reading SMS unless read this recently.  0: before every read, so
-#: a part is never labelled with the SIM that was there a moment ago (one short command).
-ICCID_FRESH_S = 0.0
 MAX_REMEMBERED_TOKENS = 1024
 
 
@@ -251,31 +248,32 @@ class PortSupervisor(Actions, Recovery):
             raise _SimCheck(f"ICCID unreadable: {exc.result}") from exc
         except c.ParseError as exc:
             raise _SimCheck(str(exc)) from exc
-        self._iccid_checked = time.monotonic()
         return iccid
 
-    async def _ensure_same_sim(self, *, force: bool = False) -> str:
-        """The ICCID, re-read unless just checked; a different one ends the SIM session, so
-        nothing read after a swap is ever labelled with the old SIM."""
+    async def _check_sim(self) -> str:
+        """Re-read the ICCID; a different one ends the SIM session.
+
+        Called *after* reading storage and before emitting: if the ICCID is still the session's,
+        what was read came from that SIM, so no part is ever labelled with a SIM that was
+        swapped out (or in) around the read.  One short command per read batch.
+        """
         assert self.info is not None
-        if not force and time.monotonic() - self._iccid_checked < ICCID_FRESH_S:
-            return self.info.iccid
         iccid = await self._read_iccid()
         if iccid != self.info.iccid:
             raise _SimCheck(f"ICCID changed to {iccid}")
         return iccid
 
     async def _read_one(self, index: int) -> None:
-        iccid = await self._ensure_same_sim()
         async with self._storage_lock:
             stored = await self.modem.read(index)
+        iccid = await self._check_sim()
         if stored is not None:
             await self._process(iccid, stored)
 
     async def _sweep(self) -> None:
         """AT+CMGL=4: everything in storage, read or not (catches lost +CMTI)."""
-        iccid = await self._ensure_same_sim(force=True)
         listed = await self.modem.list_all()
+        iccid = await self._check_sim()
         now = time.monotonic()
         for stored in listed:
             key = (stored.index, sms.digest(stored.pdu))
@@ -347,6 +345,8 @@ class PortSupervisor(Actions, Recovery):
             raise _NotReady(f"{self.name} not ready for {token.iccid}")
         async with self._storage_lock:
             stored = await self.modem.read(token.location)
+            if await self.modem.read_iccid() != token.iccid:
+                raise _NotReady("the SIM changed")  # the poll will notice and re-init
             if stored is not None and sms.digest(stored.pdu) == token.digest:
                 await self.modem.delete(token.location)
             else:
@@ -362,7 +362,7 @@ class PortSupervisor(Actions, Recovery):
                 await self.ack(token, retries=())
 
     async def _poll(self) -> None:
-        await self._ensure_same_sim(force=True)
+        await self._check_sim()
         info = self.info
         assert info is not None
         net = await self.modem.network()

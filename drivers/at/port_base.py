@@ -97,7 +97,6 @@ class PortBase:
         self.info: SimInfo | None = None
         self._reported: SimInfo | None = None
         self._registered = asyncio.Event()
-        self._iccid_checked = 0.0
         self._deleted: OrderedDict[sms.AckToken, None] = OrderedDict()
         self._parked: OrderedDict[sms.AckToken, None] = OrderedDict()
         self._emitted: dict[tuple[int, str], float] = {}

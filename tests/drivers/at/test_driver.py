@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from drivers.at.commands import swap_nibbles
-from drivers.base import CommandError, DeviceStat, Encoding, SimGone, SimPresent
+from drivers.base import (
+    CommandError,
+    DeviceDown,
+    DeviceStat,
+    DeviceUp,
+    DriverError,
+    Encoding,
+    SimGone,
+    SimPresent,
+    SmsPart,
+    UssdRecipe,
+)
 from tests.drivers.at.emu import WHEN, Harness, sms, until
-from tests.emulator import EmulatedModem, ModemServer, SimCard
+from tests.emulator import EmulatedModem, ModemServer, SimCard, ussd_pack_hex
+from tests.support.pdu_encoder import encode_status_report, split_message
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -190,7 +204,7 @@ async def test_unplug_replug_pty_with_moving_path(
 ) -> None:
     modem = EmulatedModem("e3372")
     link = tmp_path / "usb-huawei-if00"
-    first_path = server.start_pty(modem, link=link)
+    server.start_pty(modem, link=link)
     h = await harness([str(link)])
     info = (await h.sim()).info
     modem.unplug()
@@ -321,3 +335,226 @@ async def test_forwarding_waits_for_registration_then_gives_up(
     with pytest.raises(CommandError, match="not registered"):
         await h.driver.set_forwarding("pool/0", "+79001112233")
     assert not any(c.startswith("AT+CCFC") for c in modem.commands())
+
+
+# ------------------------------------------------------------------ own number
+
+
+async def test_number_from_cnum(server: ModemServer, harness: Make) -> None:
+    modem = EmulatedModem("ec25", sim=SimCard.generate(number="+79161234567"))
+    h = await harness([server.start_pty(modem)])
+    found = await h.wait(SimPresent, lambda e: e.info.number is not None)
+    assert (found.info.number, found.info.number_source) == ("+79161234567", "cnum")
+
+
+async def test_number_from_the_on_phonebook_when_cnum_fails(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("sim800", sim=SimCard.generate(number="+79161234567"))
+    modem.error("AT+CNUM", times=5)
+    h = await harness([server.start_pty(modem)])
+    found = await h.wait(SimPresent, lambda e: e.info.number is not None)
+    assert (found.info.number, found.info.number_source) == ("+79161234567", "phonebook")
+    assert 'AT+CPBS="ON"' in modem.commands()
+
+
+async def test_number_from_the_core_cache_first(server: ModemServer, harness: Make) -> None:
+    sim = SimCard.generate(number="+79161234567")
+    modem = EmulatedModem("ec25", sim=sim)
+    h = await harness([server.start_pty(modem)], numbers={sim.iccid: "+79990000000"})
+    first = await h.sim()
+    assert (first.info.number, first.info.number_source) == ("+79990000000", "cache")
+    assert "AT+CNUM" not in modem.commands()
+
+
+@pytest.mark.parametrize("profile", ["ec25", "e3372"])
+async def test_number_by_ussd_recipe_with_a_ucs2_reply(
+    server: ModemServer, harness: Make, profile: str
+) -> None:
+    sim = SimCard.generate(number=None, msisdn="+79265550011")
+    modem = EmulatedModem(profile, sim=sim)
+    modem.set_ussd_reply("*205#", "Ваш номер: +7 926 555-00-11.", dcs=72)
+    recipe = UssdRecipe(mcc_mnc=sim.mcc_mnc, ussd="*205#", regex=r"(\+?7[\d \-]{10,14}\d)")
+    h = await harness([server.start_pty(modem)], recipes=(recipe,))
+    found = await h.wait(SimPresent, lambda e: e.info.number is not None)
+    assert (found.info.number, found.info.number_source) == ("+79265550011", "ussd")
+
+
+async def test_number_by_ussd_gsm7_reply_on_huawei_packed_hex(
+    server: ModemServer, harness: Make
+) -> None:
+    sim = SimCard.generate(number=None)
+    modem = EmulatedModem("e3372", sim=sim)
+    modem.set_ussd_reply("*111*0887#", "Your number is 79265550012", dcs=15)
+    recipe = UssdRecipe(mcc_mnc=sim.mcc_mnc, ussd="*111*0887#", regex=r"number is (\d+)")
+    h = await harness([server.start_pty(modem)], recipes=(recipe,))
+    found = await h.wait(SimPresent, lambda e: e.info.number is not None)
+    assert found.info.number == "+79265550012"
+    # Huawei takes the request packed too: "*111*0887#" as GSM 7 bit septets in hex.
+    assert f'AT+CUSD=1,"{ussd_pack_hex("*111*0887#")}",15' in modem.commands()
+
+
+async def test_no_number_when_nothing_knows_it(server: ModemServer, harness: Make) -> None:
+    modem = EmulatedModem("ec25", sim=SimCard.generate(number=None))
+    h = await harness([server.start_pty(modem)])
+    info = (await h.sim()).info
+    await until(lambda: any(c.startswith("AT+CPBR") for c in modem.commands()))
+    assert info.number is None
+    assert not any(c.startswith("AT+CUSD") for c in modem.commands())  # no recipe: no USSD
+
+
+# ------------------------------------------------------------------ storage and odd PDUs
+
+
+async def test_storage_full_is_reported_and_drained(server: ModemServer, harness: Make) -> None:
+    sim = SimCard.generate(capacity=3)
+    modem = EmulatedModem("ec25", sim=sim)
+    for i in range(5):  # 3 stored, 2 held by the network (memory capacity exceeded)
+        modem.deliver_pdu(sms(f"msg {i}"))
+    assert len(modem.stored()) == 3 and len(modem.pending()) == 2
+    h = await harness([server.start_pty(modem)], sweep_s=0.3)
+    await h.wait(DeviceStat, lambda s: s.name == "storage_full")
+    total = await h.wait(DeviceStat, lambda s: s.name == "storage_total")
+    assert total.value == 3
+    texts: set[str] = set()
+    while len(texts) < 5:
+        part = await h.wait(SmsPart, lambda p: p.text not in texts, timeout=8)
+        texts.add(part.text)
+        await h.driver.ack(part.ack_token)
+    assert texts == {f"msg {i}" for i in range(5)}
+    await until(lambda: not modem.stored() and not modem.pending())
+
+
+async def test_status_report_is_deleted_without_an_event(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    report = encode_status_report("+79001234567", message_ref=7, sent_at=WHEN)
+    index = modem.deliver_pdu(report)
+    modem.deliver_pdu(sms("real one"))
+    h = await harness([server.start_pty(modem)])
+    await h.part(lambda p: p.text == "real one")
+    await until(lambda: index in deleted(modem))
+    assert len(h.of(SmsPart)) == 1
+
+
+async def test_undecodable_pdu_is_forwarded_raw_never_lost(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    good = sms("x")
+    broken = good[:-2] + "FFFF"  # user data longer than TP-UDL says: PduError
+    index = modem.deliver_pdu(broken)
+    h = await harness([server.start_pty(modem)])
+    part = await h.part()
+    assert part.encoding is Encoding.UNDECODABLE
+    raw = bytes.fromhex(broken)
+    assert part.raw == part.data == raw[1 + raw[0] :]
+    assert part.sender == "" and part.sent_at is None
+    await h.driver.ack(part.ack_token)
+    assert deleted(modem) == [index]
+
+
+async def test_unicode_and_multipart_fields(server: ModemServer, harness: Make) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)])
+    await h.sim()
+    modem.deliver_pdu(sms("", encoding="ucs2", data="Привет".encode("utf-16-be")))
+    ucs2 = await h.part(lambda p: p.encoding is Encoding.UCS2)
+    assert ucs2.data.decode("utf-16-be") == "Привет"
+    for pdu in split_message("+79001234567", "A" * 200, sent_at=WHEN, ref=0x1234, ref_bits=16):
+        modem.deliver_pdu(pdu)
+    await until(lambda: len([p for p in h.of(SmsPart) if p.concat]) == 2)
+    parts = sorted((p for p in h.of(SmsPart) if p.concat), key=lambda p: p.concat.part)  # type: ignore[union-attr]
+    assert [(p.concat.ref, p.concat.part, p.concat.total, p.concat.ref_bits) for p in parts] == [  # type: ignore[union-attr]
+        (0x1234, 1, 2, 16),
+        (0x1234, 2, 2, 16),
+    ]
+    assert "".join(p.text for p in parts) == "A" * 200
+
+
+# ------------------------------------------------------------------ devices and pools
+
+
+async def test_connect_fails_cleanly_when_no_port_opens(fast: None, tmp_path: Path) -> None:
+    h = Harness([str(tmp_path / "no-such-tty")], state_dir=tmp_path)
+    with pytest.raises(DriverError, match="no-such-tty"):
+        await h.driver.connect()
+    current = asyncio.current_task()
+    assert not [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    await h.driver.close()  # idempotent after a failed connect
+
+
+async def test_pool_one_bad_port_and_one_hung_modem_do_not_stall_the_others(
+    server: ModemServer, harness: Make, tmp_path: Path
+) -> None:
+    good = EmulatedModem("ec25")
+    hung = EmulatedModem("sim800")
+    ports = [server.start_pty(good), str(tmp_path / "missing"), server.start_pty(hung)]
+    h = await harness(ports, poll_s=0.2)
+    await h.sim("pool/0")
+    await h.sim("pool/2")
+    assert h.of(DeviceUp)[0].detail == "2 of 3 ports open"
+    hung.mute(True)
+    for i in range(3):
+        good.deliver_pdu(sms(f"good {i}"))
+        part = await h.part(lambda p, i=i: p.text == f"good {i}", timeout=3)
+        assert part.port == "pool/0"
+        await h.driver.ack(part.ack_token)
+    await h.wait(DeviceStat, lambda s: s.name == "hang_step" and s.port == "pool/2")
+    hung.mute(False)
+    hung.deliver_pdu(sms("hung no more"))
+    part = await h.part(lambda p: p.text == "hung no more", timeout=8)
+    assert part.port == "pool/2"
+
+
+async def test_device_down_only_when_every_port_is_down(server: ModemServer, harness: Make) -> None:
+    a, b = EmulatedModem("ec25"), EmulatedModem("ec25")
+    h = await harness([f"socket://127.0.0.1:{server.start_tcp(m)}" for m in (a, b)])
+    await h.sim("pool/0")
+    await h.sim("pool/1")
+    a.unplug()
+    await h.gone("pool/0")
+    assert not h.of(DeviceDown)
+    b.unplug()
+    down = await h.wait(DeviceDown)
+    assert "all 2 ports" in down.reason
+    b.replug()
+    await h.wait_new(DeviceUp, timeout=8)
+
+
+async def test_reset_command_is_the_last_rung_of_the_hang_ladder(
+    server: ModemServer, harness: Make, tmp_path: Path
+) -> None:
+    # A firmware hang that only a power cycle cures (the emulator unmutes on power-on).
+    modem = EmulatedModem("ec25")
+    flag = tmp_path / "power-cycled"
+    stop = threading.Event()
+
+    def usb_hub() -> None:  # stands for uhubctl: cuts and restores power when asked
+        while not stop.wait(0.02):
+            if flag.exists():
+                flag.unlink()
+                modem.reset(drop_line=True)
+
+    hub = threading.Thread(target=usb_hub, name="fake-uhubctl")
+    hub.start()
+    try:
+        h = await harness(
+            [server.start_pty(modem, link=tmp_path / "tty")] and [str(tmp_path / "tty")],
+            poll_s=0.2,
+            reset_command=f"touch {flag}.{{index}} && mv {flag}.{{index}} {flag}",
+        )
+        await h.sim()
+        modem.mute(True)
+        steps: list[str] = []
+        while "reset_command" not in steps:
+            stat = await h.wait_new(DeviceStat, lambda s: s.name == "hang_step", timeout=10)
+            steps.append(dict(stat.labels)["step"])
+        assert steps[:3] == ["ping", "reopen", "cfun_reset"]
+        modem.deliver_pdu(sms("after power cycle"))
+        part = await h.part(lambda p: p.text == "after power cycle", timeout=10)
+        assert part.port == "pool/0"
+    finally:
+        stop.set()
+        hub.join()
