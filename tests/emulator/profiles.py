@@ -83,7 +83,7 @@ EC25 = Profile(
     ati=("Quectel", "EC25", "Revision: EC25EFAR06A06M4G"),
     iccid_command="+QCCID",
     first_index=0,
-    cmee_default=1,  # Quectel ships with numeric +CME ERROR enabled
+    cmee_default=1,  # assumed: numeric +CME ERROR out of the box; a driver sets AT+CMEE itself
     cscs_default="GSM",
     me_capacity=255,
     # Quectel EC2x power-on sequence: RDY, then SIM and SMS/phonebook initialisation reports.

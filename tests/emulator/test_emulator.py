@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from tests.emulator import (
     ussd_pack_hex,
     ussd_unpack_hex,
 )
+from tests.support.pdu_encoder import split_message
 
 # research/at-modems.md §4: #2 GSM-7, #8 UCS2 "Привет, мир!", #9/#10 concatenated parts.
 PDU_GSM7 = (
@@ -415,6 +417,22 @@ def test_cmgr_marks_read_and_zero_based_index(h: Harness) -> None:
     assert port.command("AT+CMGL=0") == b"\r\nOK\r\n"
 
 
+def test_multipart_from_the_pdu_encoder(h: Harness) -> None:
+    parts = split_message("+79001234567", "Привет, мир! " * 12, sent_at=datetime.now(UTC), ref=7)
+    assert len(parts) == 3
+    modem = EmulatedModem("e3372")
+    _, port = h.tcp(modem)
+    port.command("ATE0")
+    assert [modem.deliver_pdu(p) for p in parts] == [0, 1, 2]
+    listing = port.command("AT+CMGL=4").decode().split("\r\n")
+    headers = [line for line in listing if line.startswith("+CMGL:")]
+    pdus = [line for line in listing if line in parts]
+    assert pdus == parts
+    for header, pdu in zip(headers, pdus, strict=True):
+        smsc_octets = int(pdu[:2], 16) + 1
+        assert header.endswith(f",{len(pdu) // 2 - smsc_octets}")  # TPDU octets only
+
+
 def test_storage_full_then_freeing(h: Harness) -> None:
     modem = EmulatedModem("ec25", sim=SimCard.generate(capacity=2), network_retry=0.02)
     _, port = h.tcp(modem)
@@ -502,6 +520,10 @@ def test_urc_inside_responses(h: Harness) -> None:
     assert modem.stored() == {}
     out = port.command("AT+CPMS?")
     assert out == b'\r\n+CPMS: "SM",1,30,"SM",1,30,"SM",1,30\r\n\r\n+CMTI: "SM",0\r\n\r\nOK\r\n'
+    modem.inject_urc_during("AT", "+CREG: 5", "after_ok")  # "AT" matches every command
+    assert port.command("AT+CMGF=0") + port.read_until(b"+CREG: 5\r\n") == (
+        b"\r\nOK\r\n\r\n+CREG: 5\r\n"
+    )
     modem.inject_urc("+CREG: 1")
     assert port.read_until(b"+CREG: 1\r\n") == b"\r\n+CREG: 1\r\n"
     kinds = [(e.kind, e.text) for e in modem.transcript() if e.kind == "urc"]
