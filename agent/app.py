@@ -117,6 +117,11 @@ class App:
 
         for loop in ("sender", "registrar", "intake", "reporter", "reassembly"):
             watchdog.add_probe(loop, probe(loop))
+        for name in core.devices:
+            # Connect attempts (e.g. the AT init sequence) may legitimately take a while.
+            watchdog.add_probe(
+                f"device:{name}", probe(f"device:{name}"), stale_after=max(120.0, interval or 0)
+            )
         poll_bound = cfg.upstream.poll_wait_s + cfg.upstream.timeout_s + 15
         watchdog.add_probe("poller", probe("poller"), stale_after=max(poll_bound, interval or 0))
         self.watchdog = watchdog

@@ -23,7 +23,7 @@ from contextlib import suppress
 import structlog
 
 from agent.backoff import Backoff
-from agent.core import Core
+from agent.core import BEAT_S, Core
 from agent.store import iso
 from drivers.base import (
     DeviceDown,
@@ -78,9 +78,7 @@ class DeviceSupervisor:
             reason = "event stream ended"
             acker = asyncio.create_task(self._ack_loop(driver), name=f"device:{self.name}:acker")
             try:
-                async for event in driver.events():
-                    await self._handle(event)
-                    self.first_attempt.set()
+                await self._consume(driver)
             except Exception as exc:
                 reason = _reason(exc)
                 if not _expected(exc):
@@ -99,6 +97,37 @@ class DeviceSupervisor:
                 self.core.inventory.device_down(self.name)
             self.core.metrics.device_reconnects.labels(self.name).inc()
             await self._failed(reason, unexpected=None)
+
+    async def _consume(self, driver: Driver) -> None:
+        """Handle events until the stream ends, beating while waiting for the next one.
+
+        The beat proves the supervisor is not stuck *handling* an event (e.g. blocked on a
+        hung store); a quiet device is fine.  The systemd watchdog reads it.
+        """
+        beat = f"device:{self.name}"
+        events = aiter(driver.events())
+        pending: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
+        try:
+            while True:
+                self.core.beat(beat)
+                done, _ = await asyncio.wait({pending}, timeout=BEAT_S)
+                if not done:
+                    continue
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    return
+                await self._handle(event)
+                self.first_attempt.set()
+                pending = asyncio.ensure_future(anext(events))
+        finally:
+            pending.cancel()
+            with suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await pending
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with suppress(Exception):
+                    await aclose()
 
     async def _failed(self, reason: str, unexpected: BaseException | None) -> None:
         self.up = False
@@ -120,7 +149,7 @@ class DeviceSupervisor:
                 failures=self.backoff.failures,
                 retry_in_s=round(delay, 2),
             )
-        await asyncio.sleep(delay)
+        await self.core.idle(f"device:{self.name}", delay)
 
     async def _handle(self, event: Event) -> None:
         inv = self.core.inventory
