@@ -10,13 +10,18 @@ sans-IO state machine, faults, transcript) → ``transport`` (ptys and TCP on on
 thread).  ``profiles`` holds model differences, ``sim`` the SIM and network-side state,
 ``charsets`` GSM-7/UCS2.  ``python -m tests.emulator`` runs modems standalone.
 
-Typical use::
+Typical use (the server runs its own event-loop thread; every modem method is thread-safe)::
 
-    modem = EmulatedModem("ec25")
+    modem = EmulatedModem("ec25")                # or "sim800", "e3372", or a Profile
     with ModemServer() as server:
-        path = server.start_pty(modem)           # or: port = server.start_tcp(modem)
-        modem.deliver_pdu(pdu_hex)               # +CMTI: "SM",0
-        ...
+        path = server.start_pty(modem, link=tmp / "by-id" / "modem0")   # "/dev/pts/7"
+        port = server.start_tcp(other_modem)     # 127.0.0.1:<port>, ser2net style
+        modem.deliver_pdu(pdu_hex)               # stored at index 0, "+CMTI: \"SM\",0"
+        modem.inject_urc_during("AT+CSQ", '+CMTI: "SM",3', "mid_line")
+        modem.set_delay("AT+CMGD", 2.0, times=1)
+        modem.fail_cmgd(1)                       # next AT+CMGD: +CMS ERROR: 321, kept
+        modem.unplug(); modem.replug()           # new pty path, symlink repointed
+        assert [e.index for e in modem.events("deleted")] == [0]
 """
 
 from .atparse import Command, ParseError, split_command_line

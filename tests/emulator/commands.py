@@ -349,7 +349,7 @@ def _csq(m: EmulatedModem, cmd: Command) -> Reply:
     # TS 27.007 8.5: rssi 0..31 (-113 + 2*rssi dBm), 99 = unknown; ber 99 = unknown.
     if cmd.form == "test":
         return Reply(["+CSQ: (0-31,99),(0-7,99)"])
-    rssi = m.signal if m._fun == 1 and m._sim is not None else 99
+    rssi = m.signal if m._fun == 1 else 99  # measured with or without a SIM
     return Reply([f"+CSQ: {rssi},99"])
 
 
