@@ -374,7 +374,7 @@ class _PtyLine(_Line):
         self._probe: asyncio.TimerHandle | None = None
         self._probe_interval = PROBE_MIN
         self._wd: int | None = None
-        watcher = server.open_watcher()
+        watcher = server._open_watcher()
         self._watcher = watcher
         self._probe_max = PROBE_MAX_INOTIFY if watcher.active else PROBE_MAX_POLLING
 
@@ -534,7 +534,7 @@ class ModemServer:
         self.loop.call_soon_threadsafe(run)
         return fut.result(timeout=CALL_TIMEOUT)
 
-    def open_watcher(self) -> _OpenWatcher:
+    def _open_watcher(self) -> _OpenWatcher:
         """The server's inotify watcher (loop thread only; created on first use)."""
         if self._watcher is None:
             self._watcher = _OpenWatcher(self.loop)
