@@ -146,6 +146,7 @@ class ThreadTransport(asyncio.Transport):
         self._closing = False
         self._closed_fut: asyncio.Future[None] = loop.create_future()
         port.timeout = self.POLL_S
+        port.write_timeout = None  # blocking writes are fine on the I/O thread
         protocol.connection_made(self)
         self._thread = threading.Thread(target=self._run, name=f"at-io:{port.port}", daemon=True)
         self._thread.start()

@@ -558,3 +558,21 @@ async def test_reset_command_is_the_last_rung_of_the_hang_ladder(
     finally:
         stop.set()
         hub.join()
+
+
+async def test_lost_registration_is_reported_within_one_poll(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    h = await harness([server.start_pty(modem)], poll_s=0.2)
+    await h.sim()
+    modem.set_network(3)  # registration denied
+    lost = await h.wait_new(SimPresent, lambda e: not e.info.registered, timeout=1.0)
+    assert lost.info.iccid == (modem.sim.iccid if modem.sim else None)
+    modem.set_signal(5)  # -103 dBm: a change worth reporting
+    modem.set_network(1)
+    back = await h.wait_new(SimPresent, lambda e: e.info.registered, timeout=1.0)
+    assert back.info.signal_dbm == -103
+    modem.set_signal(6)  # 2 dB: a metric, not a SimPresent
+    await h.wait_new(DeviceStat, lambda s: s.name == "signal_dbm" and s.value == -101)
+    assert h.of(SimPresent)[-1].info.signal_dbm == -103
