@@ -92,8 +92,9 @@ class AtDriver(Driver):
     # ------------------------------------------------------------------ lifecycle
 
     async def connect(self) -> None:
-        self._queue = asyncio.Queue()
-        self._closed = False
+        if self._closed:  # a reconnect after close(): the old iterator got its end marker
+            self._queue = asyncio.Queue()
+            self._closed = False
         cfg = self.config
         supervisors = [
             PortSupervisor(

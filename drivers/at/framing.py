@@ -491,6 +491,10 @@ class AtProtocol(asyncio.Protocol):
             # A result nobody waits for: the late answer of a timed-out command.
             self.stats["stray_results"] += 1
             log.debug("at.stray_result", port=self.name, line=line)
+            if line.startswith("+CMS ERROR:"):
+                # ...or SIM800's unsolicited "+CMS ERROR: 322" when an incoming SMS finds
+                # the storage full: the supervisor wants to hear about that one.
+                self._dispatch(Urc(line))
             return
         if line.startswith(URC_WITH_DATA):
             self._urc_with_data = line

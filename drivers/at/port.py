@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -82,6 +83,14 @@ class PortSupervisor(Actions, Recovery):
                     await asyncio.sleep(self._backoff.next())
             except _Restart as exc:
                 log.info("at.modem_restarted", port=self.name, urc=str(exc))
+            except (AtCommandError, c.ParseError) as exc:
+                # A step of init that must work was refused or answered nonsense: start over
+                # from a fresh port after a pause, like any other failure.
+                self._failure("init refused", exc)
+                if isinstance(exc, AtCommandError) and exc.kind == "CMS" and exc.code == 322:
+                    self._note_storage_full(exc.result)
+                await self._drop("init failed")
+                await asyncio.sleep(self._backoff.next())
             except Exception:
                 log.exception("at.port_unexpected_error", port=self.name)
                 await self._drop("internal error")
@@ -176,17 +185,18 @@ class PortSupervisor(Actions, Recovery):
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        next_poll = loop.time() + self.settings.poll_s
+        # Jitter spreads the polls of hundreds of ports started together over the interval.
+        next_poll = loop.time() + self.settings.poll_s * random.uniform(0.5, 1.0)
         next_sweep = loop.time()  # sweep first: the backlog stored while we were away
         while True:
             now = loop.time()
             if now >= next_sweep:
                 await self._sweep()
-                next_sweep = loop.time() + self.settings.sweep_s
+                next_sweep = loop.time() + self.settings.sweep_s * random.uniform(0.9, 1.0)
                 self._hang_episodes = 0
             if now >= next_poll:
                 await self._poll()
-                next_poll = loop.time() + self.settings.poll_s
+                next_poll = loop.time() + self.settings.poll_s * random.uniform(0.9, 1.0)
                 self._hang_episodes = 0
             urc: Urc | None = None
             with contextlib.suppress(TimeoutError):
@@ -221,7 +231,7 @@ class PortSupervisor(Actions, Recovery):
             raise _Restart(line)
         if self._is_sim_urc(line):
             raise _SimCheck(line)
-        if line.startswith(quirks.memory_full_urcs):
+        if line.startswith(quirks.memory_full_urcs) or line == "+CMS ERROR: 322":
             self._note_storage_full(line)
             return "sweep"
         if line.startswith(("+CREG:", "+CEREG:", "+CGREG:")):

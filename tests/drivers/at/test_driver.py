@@ -576,3 +576,13 @@ async def test_lost_registration_is_reported_within_one_poll(
     modem.set_signal(6)  # 2 dB: a metric, not a SimPresent
     await h.wait_new(DeviceStat, lambda s: s.name == "signal_dbm" and s.value == -101)
     assert h.of(SimPresent)[-1].info.signal_dbm == -103
+
+
+async def test_many_ports_in_one_driver(server: ModemServer, harness: Make) -> None:
+    modems = [EmulatedModem(("ec25", "sim800", "e3372")[i % 3]) for i in range(48)]
+    h = await harness([server.start_pty(m) for m in modems])
+    await until(lambda: len({e.info.port for e in h.of(SimPresent)}) == len(modems), timeout=10)
+    for m in modems:
+        m.deliver_pdu(sms("fan-in"))
+    await until(lambda: len(h.of(SmsPart)) >= len(modems), timeout=10)
+    assert {p.port for p in h.of(SmsPart)} == {f"pool/{i}" for i in range(len(modems))}
