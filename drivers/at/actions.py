@@ -55,6 +55,9 @@ class Actions(PortBase):
         except AtError as exc:
             log.info("at.number_discovery_failed", port=self.name, error=str(exc))
             return
+        except Exception:  # a background task: nobody else would see the traceback
+            log.exception("at.number_discovery_error", port=self.name)
+            return
         if found is None or self.info is None or self.info.iccid != iccid:
             log.info("at.number_unknown", port=self.name, iccid=iccid)
             return
@@ -126,6 +129,7 @@ class Actions(PortBase):
             raise CommandError("call forwarding: no answer from the network in time") from exc
         except PortClosed as exc:
             raise CommandError(f"{self.name}: port lost") from exc
+        self._forward_to[info.iccid] = to
         if self.info is not None and self.info.iccid == info.iccid:
             self._update(replace(self.info, forward_to=to))
 

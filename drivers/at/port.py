@@ -159,9 +159,8 @@ class PortSupervisor(Actions, Recovery):
             await modem.set_cfun(fun)
         net = await modem.network()
         known = self._numbers.get(iccid)
-        cached = self.context.cached_number(iccid)
+        cached = self._cached_number(iccid)
         num, source = known if known else (cached, "cache" if cached else None)
-        old = self.info if self.info is not None and self.info.iccid == iccid else None
         info = SimInfo(
             port=self.name,
             iccid=iccid,
@@ -173,7 +172,7 @@ class PortSupervisor(Actions, Recovery):
             signal_dbm=net.signal_dbm,
             registered=net.registered,
             radio_on=fun is None or fun == 1,  # TS 27.007 8.2: 1 is full functionality
-            forward_to=old.forward_to if old else None,
+            forward_to=self._forward_to.get(iccid),  # network state: as we last set it
         )
         self._update(info)
         self.state = PortState.READY
@@ -182,6 +181,13 @@ class PortSupervisor(Actions, Recovery):
         if num is None:
             self._start_discovery(iccid)
         await self._serve()
+
+    def _cached_number(self, iccid: str) -> str | None:
+        try:
+            return self.context.cached_number(iccid)
+        except Exception:  # the core's lookup failing must not stop this port
+            log.exception("at.cached_number_failed", port=self.name)
+            return None
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -299,6 +305,10 @@ class PortSupervisor(Actions, Recovery):
     async def _process(self, iccid: str, stored: c.StoredPdu) -> None:
         token = sms.token_for(self.name, iccid, self.settings.storage, stored)
         if token in self._deleted:
+            # Listed just before its delete, or the network delivered the identical TPDU
+            # again (a lost RP-ACK): that content is committed, so delete, verified as ever.
+            del self._deleted[token]
+            await self.ack(token, retries=())
             return
         if self._deliver(stored.pdu, token) is None:
             # A status report (TS 23.040 9.2.2.3): nobody forwards it; free the slot.

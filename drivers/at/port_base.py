@@ -100,7 +100,8 @@ class PortBase:
         self._deleted: OrderedDict[sms.AckToken, None] = OrderedDict()
         self._parked: OrderedDict[sms.AckToken, None] = OrderedDict()
         self._emitted: dict[tuple[int, str], float] = {}
-        self._desired_radio: dict[str, bool] = {}
+        self._desired_radio: dict[str, bool] = {}  # by ICCID, as the core last asked
+        self._forward_to: dict[str, str | None] = {}  # by ICCID, as last set successfully
         self._numbers: dict[str, tuple[str, str]] = {}
         self._discovery: asyncio.Task[None] | None = None
         self._resets: deque[float] = deque()

@@ -94,21 +94,31 @@ class Recovery(PortBase):
         return True
 
     async def _run_reset_command(self) -> None:
-        template = self.settings.reset_command or ""
-        command = template.format(
-            port=shlex.quote(self.settings.url),
-            index=self.settings.index,
-            device=shlex.quote(self.settings.device),
-        )
-        proc = await asyncio.create_subprocess_shell(
-            command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
+        """Run ``reset_command`` (a USB hub power cycle, say) with a timeout; never raises."""
+        command = self.settings.reset_command or ""
+        # Plain replacement, not str.format: shell text such as ${VAR} must pass untouched.
+        for key, value in (
+            ("{port}", shlex.quote(self.settings.url)),
+            ("{index}", str(self.settings.index)),
+            ("{device}", shlex.quote(self.settings.device)),
+        ):
+            command = command.replace(key, value)
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:
+            log.warning("at.reset_command_failed", port=self.name, error=str(exc))
+            return
         try:
             async with asyncio.timeout(self.settings.reset_timeout_s):
                 _, err = await proc.communicate()
             level = log.info if proc.returncode == 0 else log.warning
-            level("at.reset_command", port=self.name, rc=proc.returncode, stderr=err[-200:])
+            stderr = err[-200:].decode(errors="replace")
+            level("at.reset_command", port=self.name, rc=proc.returncode, stderr=stderr)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             log.warning("at.reset_command_timeout", port=self.name)
+        finally:
+            if proc.returncode is None:  # timed out, or we are being cancelled
+                proc.kill()
+                await proc.wait()

@@ -205,15 +205,16 @@ async def test_unplug_replug_pty_with_moving_path(
     modem = EmulatedModem("e3372")
     link = tmp_path / "usb-huawei-if00"
     server.start_pty(modem, link=link)
-    h = await harness([str(link)])
+    h = await harness([str(link)], poll_s=0.3)
     info = (await h.sim()).info
     modem.unplug()
     gone = await h.gone()
     assert gone.iccid == info.iccid
     modem.replug()
     assert server.wait_pty_path(modem)  # a new pty (the kernel may reuse the number)
-    back = await h.wait_new(SimPresent, lambda e: e.info.iccid == info.iccid)
-    assert back.info.registered
+    # Back, and registered again after the boot (the first report may still say searching).
+    back = await h.wait_new(SimPresent, lambda e: e.info.iccid == info.iccid and e.info.registered)
+    assert back.info.port == "pool/0"
     modem.deliver_pdu(sms("after replug"))
     await h.part(lambda p: p.text == "after replug")
 
