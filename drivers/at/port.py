@@ -145,6 +145,7 @@ class PortSupervisor(Actions, Recovery):
 
     async def _sim_session(self) -> None:
         modem = self.modem
+        self.state = PortState.INIT  # READY only once set up (a failure here then waits)
         iccid = await self._read_iccid()
         if self.info is not None and self.info.iccid != iccid:
             log.warning("at.sim_swapped", port=self.name, old=self.info.iccid, new=iccid)

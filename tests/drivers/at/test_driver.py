@@ -587,3 +587,25 @@ async def test_many_ports_in_one_driver(server: ModemServer, harness: Make) -> N
         m.deliver_pdu(sms("fan-in"))
     await until(lambda: len(h.of(SmsPart)) >= len(modems), timeout=10)
     assert {p.port for p in h.of(SmsPart)} == {f"pool/{i}" for i in range(len(modems))}
+
+
+async def test_unreadable_iccid_waits_instead_of_spinning(
+    server: ModemServer, harness: Make
+) -> None:
+    modem = EmulatedModem("ec25")
+    for prefix in ("AT+QCCID", "AT+CCID", "AT+CICCID", "AT^ICCID", "AT+CRSM"):
+        modem.error(prefix, times=1000)
+    h = await harness([server.start_pty(modem)], poll_s=0.5)
+    await asyncio.sleep(1.2)
+    assert not h.of(SimPresent)
+    assert modem.commands().count("AT+CPIN?") <= 4  # once per poll_s, not in a loop
+    modem.clear_faults()
+    await h.sim(timeout=3)
+    # Again from a working session: a SIM re-check that cannot read the ICCID must wait too.
+    for prefix in ("AT+QCCID", "AT+CCID", "AT+CICCID", "AT^ICCID", "AT+CRSM"):
+        modem.error(prefix, times=1000)
+    before = modem.commands().count("AT+CPIN?")
+    modem.inject_urc("+CPIN: READY")
+    await h.gone()
+    await asyncio.sleep(1.2)
+    assert modem.commands().count("AT+CPIN?") - before <= 4
