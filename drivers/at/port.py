@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 ACK_RETRY_DELAYS_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 MAX_REMEMBERED_TOKENS = 1024
+#: TS 27.005 3.1 <stat> in PDU mode: 0 "REC UNREAD", 1 "REC READ" (2/3 are stored MO SMS).
+RECEIVED_STATS = frozenset({0, 1})
 
 
 class _SimCheck(Exception):
@@ -304,6 +306,11 @@ class PortSupervisor(Actions, Recovery):
         await self._retry_parked()
 
     async def _process(self, iccid: str, stored: c.StoredPdu) -> None:
+        if stored.stat not in RECEIVED_STATS:
+            # "STO UNSENT"/"STO SENT": a draft someone left on a used SIM, not an incoming
+            # SMS.  Neither forwarded nor deleted.
+            log.debug("at.skip_stored_outgoing", port=self.name, index=stored.index)
+            return
         token = sms.token_for(self.name, iccid, self.settings.storage, stored)
         if token in self._deleted:
             # Listed just before its delete, or the network delivered the identical TPDU

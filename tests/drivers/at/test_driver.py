@@ -24,6 +24,7 @@ from drivers.base import (
 )
 from tests.drivers.at.emu import WHEN, Harness, sms, until
 from tests.emulator import EmulatedModem, ModemServer, SimCard, ussd_pack_hex
+from tests.emulator.sim import StoredSms
 from tests.support.pdu_encoder import encode_status_report, split_message
 
 pytestmark = pytest.mark.timeout(30)
@@ -609,3 +610,15 @@ async def test_unreadable_iccid_waits_instead_of_spinning(
     await h.gone()
     await asyncio.sleep(1.2)
     assert modem.commands().count("AT+CPIN?") - before <= 4
+
+
+async def test_stored_outgoing_drafts_are_left_alone(server: ModemServer, harness: Make) -> None:
+    sim = SimCard.generate()
+    sim.messages.slots[4] = StoredSms(2, sms("a draft, STO UNSENT"))  # TS 27.005 <stat> 2
+    modem = EmulatedModem("ec25", sim=sim)
+    modem.deliver_pdu(sms("incoming"))
+    h = await harness([server.start_pty(modem)])
+    part = await h.part()
+    await h.driver.ack(part.ack_token)
+    assert [p.text for p in h.of(SmsPart)] == ["incoming"]
+    assert list(modem.stored()) == [4]  # the draft is still there
