@@ -22,6 +22,7 @@ import json
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -30,6 +31,7 @@ import structlog
 from agent.backoff import Backoff
 from agent.core import Core
 from agent.hubclient import Ok, Permanent, Retry
+from agent.inventory import Sim
 from agent.store import iso
 from agent.uplink import _pause
 from drivers.base import CommandError
@@ -37,6 +39,7 @@ from drivers.base import CommandError
 log = structlog.get_logger("agent.commands")
 
 COMMAND_TIMEOUT_S = 60.0
+SETTLE_S = 5.0  # how long a result waits for the driver's state event
 TYPES = ("enable", "disable", "forward", "unforward")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
@@ -186,6 +189,12 @@ class Commands:
                         "the state will be applied when it reconnects",
                     }
                 await sup.driver.set_radio(sim.info.port, enabled)
+                # The driver reports the new radio state as an event: let the inventory catch
+                # up before the result states it (bounded; the next PUT /sims follows anyway).
+                await self._settle(
+                    sim_id,
+                    lambda s: s.info.radio_on == enabled and (s.info.registered or not enabled),
+                )
             else:
                 target = to if ctype == "forward" else ""
                 await core.store.call(
@@ -210,6 +219,14 @@ class Commands:
                 if sim_id in core.inventory.sims
                 else None,
             }
+
+    async def _settle(self, sim_id: str, done: Callable[[Sim], bool]) -> None:
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            sim = self.core.inventory.sims.get(sim_id)
+            if sim is None or done(sim):
+                return
+            await asyncio.sleep(0.02)
 
     # -- report ---------------------------------------------------------------------------
 

@@ -40,6 +40,9 @@ from drivers.base import (
 log = structlog.get_logger("agent.devices")
 
 INTAKE_BATCH = 500
+#: A device is settled after its first quiet pause this long, or after SETTLE_MAX_S anyway.
+SETTLE_QUIET_S = 0.3
+SETTLE_MAX_S = 10.0
 ACK_RETRY_S = 2.0
 
 
@@ -107,18 +110,27 @@ class DeviceSupervisor:
         beat = f"device:{self.name}"
         events = aiter(driver.events())
         pending: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
+        connected = time.monotonic()
         try:
             while True:
                 self.core.beat(beat)
-                done, _ = await asyncio.wait({pending}, timeout=BEAT_S)
+                # Until the device is "settled", wait only briefly: the first pause in its
+                # event stream after connecting marks the end of its initial inventory.
+                settling = not self.first_attempt.is_set()
+                done, _ = await asyncio.wait(
+                    {pending}, timeout=SETTLE_QUIET_S if settling else BEAT_S
+                )
                 if not done:
+                    if settling and self.up:
+                        self._settled(connected)
                     continue
                 try:
                     event = pending.result()
                 except StopAsyncIteration:
                     return
                 await self._handle(event)
-                self.first_attempt.set()
+                if settling and time.monotonic() - connected > SETTLE_MAX_S:
+                    self._settled(connected)
                 pending = asyncio.ensure_future(anext(events))
         finally:
             pending.cancel()
@@ -128,6 +140,17 @@ class DeviceSupervisor:
             if aclose is not None:
                 with suppress(Exception):
                     await aclose()
+
+    def _settled(self, connected: float) -> None:
+        """The device has reported its SIMs: the first ``PUT /sims`` may now list them all
+        (PROTOCOL.md section 3: the full list; a partial one makes the hub forget SIMs)."""
+        self.first_attempt.set()
+        log.debug(
+            "device settled",
+            device=self.name,
+            sims=sum(1 for s in self.core.inventory.sims.values() if s.device == self.name),
+            after_s=round(time.monotonic() - connected, 2),
+        )
 
     async def _failed(self, reason: str, unexpected: BaseException | None) -> None:
         self.up = False
@@ -194,6 +217,9 @@ class DeviceSupervisor:
             m.device_errors.labels(
                 self.name, ev.name[:3], labels.get("code", str(int(ev.value)))
             ).inc()
+        elif ev.name == "signal_dbm" and ev.port is not None:
+            # Small signal changes come as stats (no inventory churn); keep metrics current.
+            self.core.inventory.signal(ev.port, int(ev.value))
         else:
             self.stats[(ev.name, ev.port, ev.labels)] = ev.value
 

@@ -22,6 +22,9 @@ from agent.mcc import country_of
 from agent.store import SimRow
 from drivers.base import SimInfo
 
+#: PROTOCOL.md section 3 ``number_source`` values (besides null).
+NUMBER_SOURCES = frozenset({"config", "cnum", "phonebook", "ussd", "gateway"})
+
 
 @dataclass(slots=True)
 class Sim:
@@ -55,7 +58,9 @@ class Sim:
             "sim_id": self.iccid,
             "imsi": info.imsi,
             "number": self.number,
-            "number_source": self.number_source if self.number else None,
+            "number_source": (
+                self.number_source if self.number and self.number_source in NUMBER_SOURCES else None
+            ),
             "country": country_of(info.mcc_mnc or info.imsi),
             "mcc_mnc": info.mcc_mnc,
             "operator": info.operator,
@@ -111,9 +116,19 @@ class Inventory:
         if info.iccid in self._config_numbers:
             sim.number, sim.number_source = self._config_numbers[info.iccid], "config"
         elif info.number:
-            sim.number, sim.number_source = info.number, info.number_source or "gateway"
+            source: str | None = info.number_source or "gateway"
+            if source not in NUMBER_SOURCES:
+                # e.g. the AT driver's "cache": the number came from our own store, so keep
+                # the source it was first learnt by.
+                source = sim.number_source if sim.number == info.number else None
+            sim.number, sim.number_source = info.number, source
         self._touch()
         return sim
+
+    def signal(self, port: str, dbm: int) -> None:
+        for sim in self.sims.values():
+            if sim.info.port == port:
+                sim.info = replace(sim.info, signal_dbm=dbm)
 
     def gone(self, port: str, iccid: str | None) -> None:
         for sim in [s for s in self.sims.values() if s.info.port == port]:
