@@ -33,7 +33,7 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     cfg = load_config(ROOT / "config.example.toml")
     assert cfg.api_key.get_secret_value() == "from-env"
     assert cfg.agent.id == "farm-3"
-    assert [d.name for d in cfg.devices][:1] == ["sim-bank"]
+    assert [(d.name, d.config.driver) for d in cfg.devices] == [("pool1", "at")]
     assert cfg.sim_numbers == {"89701012345678901234": "+79001234567"}
     assert cfg.number_recipes[0].mcc_mnc == "25001"
 
