@@ -47,7 +47,7 @@ def raw_content(part: dict[str, Any]) -> bytes:
         part["uid"],
         f"{part['part'] or 1}/{part['total'] or 1}",
     ]
-    payload = part["text"].encode() if part["encoding"] == "gsm7" else part["data"]
+    payload = part["text"].encode() if part["encoding"] == "gsm7" else bytes(part["data"])
     return "\x1f".join(head).encode() + b"\x1f" + payload
 
 
