@@ -334,3 +334,29 @@ def test_refused_messages_go_to_dead_letters_and_are_resent(
     assert {i for (i,) in ids} <= delivered, "re-sent under other ids"
     wait_until(lambda: agent.status()["outbox"]["dead_letters"] == 0, 5, "no dead letters")
     assert "dead letters: 0" in agent.cli("queue", "list").stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent/uplink.py Sender.run sets inventory.changed every IDLE_POLL_S while it holds "
+    "messages of unregistered SIMs, so a PUT /sims the hub refuses with a 4xx is re-sent (and "
+    "logged at ERROR) about once a second instead of at the heartbeat",
+)
+def test_permanently_refused_inventory_is_not_retried_in_a_loop(
+    hub: HubThread, make_agent: Any
+) -> None:
+    """PROTOCOL.md §2: a 4xx other than 401/403/408/425/429 is permanent for that request and
+    "never retried in a loop".  With the hub refusing PUT /sims with 400 and an SMS waiting for
+    its SIM to be registered, the agent may try again at its heartbeat (60 s here), not every
+    second for 5 s; the SMS itself stays queued (not lost, not dead-lettered)."""
+    hub.state.add_fault(status=400, count=-1, endpoint="sims")
+    agent: Agent = make_agent(hub, upstream={"heartbeat_s": 60})
+    agent.start()
+    time.sleep(1)  # past the start-up snapshots
+    agent.net.send(agent.numbers()[0], "held for an unregistered SIM 1234")
+    t0 = time.time()
+    time.sleep(5)
+    outbox = agent.status()["outbox"]
+    assert outbox["depth"] == 1 and outbox["dead_letters"] == 0
+    tries = hub.requests("sims", t0)
+    assert tries <= 2, f"{tries} PUT /sims in 5 s after a permanent refusal"
