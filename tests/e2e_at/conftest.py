@@ -225,15 +225,6 @@ class Farm:
     def devices(self) -> list[dict[str, Any]]:
         return [line.device() for line in self.lines]
 
-    def numbers(self) -> list[dict[str, str]]:
-        """``[[sims]]`` tables giving each SIM's number by ICCID (see ``make_agent``)."""
-        out = []
-        for line in self.lines:
-            sim = line.modem.sim
-            if sim is not None and sim.number:
-                out.append({"iccid": sim.iccid, "number": sim.number})
-        return out
-
     def by_iccid(self) -> dict[str, Line]:
         return {line.iccid: line for line in self.lines}
 
@@ -354,28 +345,14 @@ def make_agent(
 ) -> Iterator[Callable[..., AtAgent]]:
     """``make_agent(**config sections)`` → an :class:`AtAgent` (not started) for the farm's
     modems as they are when called.  Every process it started is killed at teardown; a failed
-    test prints each agent's log tail and the SIM storages.
-
-    ``config_numbers=True`` lists every SIM's number in ``[[sims]]``.  Tests that restart the
-    agent need it to get past a driver bug: after a restart the AT driver reports a number it
-    took from the store with ``number_source = "cache"``, a value PROTOCOL.md §3 does not
-    allow, so the hub refuses every inventory and no SMS is sent any more
-    (``test_restart.py`` shows it).  A number from the config wins with source ``config``."""
+    test prints each agent's log tail and the SIM storages."""
     agents: list[AtAgent] = []
 
-    def make(
-        *,
-        devices: list[dict[str, Any]] | None = None,
-        config_numbers: bool = False,
-        **sections: Any,
-    ) -> AtAgent:
+    def make(*, devices: list[dict[str, Any]] | None = None, **sections: Any) -> AtAgent:
         root = tmp_path / f"agent{len(agents)}"
         agent = AtAgent(
             root, hub, devices=devices if devices is not None else farm.devices(), **sections
         )
-        if config_numbers:
-            agent.config["sims"] = farm.numbers()
-            agent.write_config()
         agents.append(agent)
         return agent
 

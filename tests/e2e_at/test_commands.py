@@ -111,7 +111,7 @@ def test_desired_state_reapplied_after_restart_and_after_modem_reset(
     radio on): the agent switches the radio off again by itself, no hub command involved."""
     radio = farm.add("ec25", "tcp", name="radio")
     fwd = farm.add("sim800", "pty", name="fwd")
-    agent = make_agent(config_numbers=True)  # see make_agent: the restart needs it
+    agent = make_agent()
     agent.start()
     wait_online(hub, [radio.iccid, fwd.iccid])
     command(hub, "disable", radio.iccid)

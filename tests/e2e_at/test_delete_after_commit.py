@@ -54,7 +54,7 @@ def test_no_delete_before_commit(
 
     for k in range(9):  # stored before the agent runs: found by the start-up sweep
         deliver(k)
-    agent = make_agent(config_numbers=True)  # see make_agent: the restart needs it
+    agent = make_agent()
     agent.start()
     wait_online(hub, [line.iccid for line in lines])
     lines[0].modem.fail_cmgd(2)  # the first two deletes on m0 fail: retried

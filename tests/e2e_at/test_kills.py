@@ -88,7 +88,7 @@ def test_200_sms_through_sigkills_all_delivered_sims_empty(
         farm.add("e3372", "tcp"),
         farm.add("ec25", "pty"),
     ]
-    agent = make_agent(config_numbers=True)  # see make_agent: restarts need it
+    agent = make_agent()
     agent.start()
     wait_online(hub, [line.iccid for line in lines])
 

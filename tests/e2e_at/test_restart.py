@@ -1,10 +1,12 @@
 """A restarted agent keeps forwarding: the SIM's number, learnt before, comes from the store.
 
-Bug shown here (drivers/at/port.py, ``_sim_session``): after a restart the driver finds the
-SIM's number in the core's cache and reports it with ``number_source = "cache"``.  The core
-passes that through to ``PUT /sims``; PROTOCOL.md §3 allows only config, cnum, phonebook,
-ussd, gateway or null, so the hub answers 400 to every inventory, the SIMs are never
-registered in the new process, and the sender holds every SMS of them forever.
+Regression test for a bug this suite found: after a restart the AT driver
+(drivers/at/port.py, ``_sim_session``) finds the SIM's number in the core's cache and reports
+it with ``number_source = "cache"``.  The core passed that through to ``PUT /sims``; PROTOCOL.md
+§3 allows only config, cnum, phonebook, ussd, gateway or null, so the hub answered 400 to every
+inventory, the SIMs were never registered by the new process, and the sender held all their
+SMS forever.  Fixed in the core (agent/inventory.py keeps the source the number was first
+learnt by, and never sends a source outside the protocol's list).
 """
 
 from __future__ import annotations
@@ -23,16 +25,10 @@ from tests.support.pdu_encoder import encode_deliver
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drivers/at/port.py _sim_session reports a cached number with number_source "
-    "'cache' (not in PROTOCOL.md §3): the hub refuses every inventory after a restart and "
-    "the sender holds all SMS",
-)
 def test_sms_after_a_restart_reach_the_hub(hub: HubThread, farm: Farm, make_agent: Any) -> None:
     """The SIM's number is learnt by ``AT+CNUM`` (source ``cnum``); after a SIGKILL and a
-    restart the inventory is accepted again with a protocol source, and an SMS that arrives
-    then reaches the hub."""
+    restart the inventory is accepted again, still with source ``cnum``, and an SMS that
+    arrives then reaches the hub."""
     line = farm.add("ec25", "tcp")
     agent = make_agent()
     agent.start()
@@ -56,5 +52,7 @@ def test_sms_after_a_restart_reach_the_hub(hub: HubThread, farm: Farm, make_agen
         "the SIM registered by the restarted agent",
         detail=lambda: str(agent.events("hub refused the SIM inventory")[-1:]),
     )
-    assert hub.sims()[line.iccid]["number_source"] in ("cnum", "config")
+    assert hub.sims()[line.iccid]["number"] == line.modem.sim.number
+    assert hub.sims()[line.iccid]["number_source"] == "cnum"
+    assert not agent.events("hub refused the SIM inventory")
     wait_until(lambda: msg_id in records(hub), 8, "the SMS at the hub")
