@@ -156,7 +156,10 @@ class SimNetwork:
         self._ref = int.from_bytes(os.urandom(2), "big")
 
     def close(self) -> None:
-        self._db.close()
+        # Under the lock: a cancelled ``asyncio.to_thread`` call keeps running in its worker
+        # thread, and closing the connection under a running query crashes the interpreter.
+        with self._lock:
+            self._db.close()
 
     def _write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         with self._lock:
