@@ -17,8 +17,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from drivers.simulated import signal_for
 from tests.e2e.conftest import DEVICE, Agent, HubThread, Recorder, long_text, wait_until
 
@@ -125,16 +123,9 @@ def test_inventory_registered_with_every_field_and_seq_persisted(
     after = hub.state.agents["t1"]
     assert after["seq"] > before_kill, "seq went back after a restart"
     assert after["stale"] == 0, "the hub ignored a snapshot older than one it held"
-    # (The first snapshots after a start may list only some SIMs: see the xfail test below.)
-    wait_until(lambda: len(hub.sims()) == 8, 5, "all 8 SIMs registered again")
+    assert len(hub.sims()) == 8, "the first snapshot after the restart left SIMs out"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/devices.py sets first_attempt on the driver's first event (DeviceUp), before "
-    "the initial SimPresent events, so the registrar's first PUT /sims lists only part of "
-    "the bank and the hub drops the rest from its inventory until the next snapshot",
-)
 def test_first_snapshot_after_start_lists_every_sim(make_hub: Any, make_agent: Any) -> None:
     """§3: PUT /sims is "the full list of SIMs the agent manages, as they are now".  A bank of
     64 SIMs that never changes must appear whole in every snapshot, including the first one
@@ -142,12 +133,15 @@ def test_first_snapshot_after_start_lists_every_sim(make_hub: Any, make_agent: A
     is_work 0, commands for them are not routed) until the next snapshot."""
     recorder = Recorder()
     hub: HubThread = make_hub(wrap=recorder)
-    agent: Agent = make_agent(hub, sims=64)
+    agent: Agent = make_agent(hub, sims=64, upstream={"heartbeat_s": 1})
     agent.start()
     wait_until(lambda: len(hub.sims()) == 64, 10, "64 SIMs registered")
     agent.kill(signal.SIGKILL)
+    before = len(recorder.bodies("PUT", "/sims"))
     agent.start()
-    wait_until(lambda: len(recorder.bodies("PUT", "/sims")) >= 4, 10, "snapshots after restart")
+    wait_until(
+        lambda: len(recorder.bodies("PUT", "/sims")) >= before + 2, 10, "snapshots after restart"
+    )
     sizes = [len(b["sims"]) for b in recorder.bodies("PUT", "/sims")]
     assert all(n == 64 for n in sizes), f"SIMs per snapshot, in order: {sizes}"
 
@@ -302,7 +296,8 @@ def test_commands_executed_once_with_results(make_hub: Any, make_agent: Any) -> 
     assert agent.net.sim(s0)["radio_on"] == 0
     wait_until(lambda: hub.sims()[s0]["state"] == "disabled", 2, "inventory showing disabled")
 
-    run("enable", s0)  # its reported "state" is wrong: see the xfail test below
+    r = run("enable", s0)
+    assert r["state"] == "online"
     assert agent.net.sim(s0)["radio_on"] == 1
     wait_until(lambda: hub.sims()[s0]["state"] == "online", 2, "inventory showing online")
 
@@ -338,12 +333,6 @@ def test_commands_executed_once_with_results(make_hub: Any, make_agent: Any) -> 
     assert agent.alive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/commands.py _execute reads the SIM state right after driver.set_radio returns, "
-    "before the driver's SimPresent for the new radio state reaches the inventory: an enable "
-    "that worked reports state 'offline'",
-)
 def test_enable_result_reports_the_sim_online(hub: HubThread, make_agent: Any) -> None:
     """§5: the result carries the SIM's state after the command.  After ``enable`` the SIM is
     online (the network has its radio on, the next inventory says online), so the result must
