@@ -248,14 +248,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from agent import logs
     from drivers.at.probe import format_probe, probe
 
+    # The table is the output; the AT wire trace only with --debug (to stderr).
+    logs.configure("debug" if args.debug else "warning", "console")
     try:
         result = asyncio.run(probe(args.port, args.baudrate))
     except Exception as exc:
         print(f"probe failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(format_probe(result))
+    if result.get("error"):
+        print(f"probe failed: {result['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -298,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("probe", help="identify an AT modem")
     sp.add_argument("port", help="/dev/serial/by-id/..., socket://host:port or rfc2217://...")
     sp.add_argument("--baudrate", type=int, default=115200)
+    sp.add_argument("--debug", action="store_true", help="show the AT wire trace on stderr")
     sp.set_defaults(fn=cmd_probe)
     return p
 

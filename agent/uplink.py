@@ -75,6 +75,7 @@ class Sender:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._isolate = 0  # messages still to send one by one after a whole-batch refusal
+        self._asked: set[str] = set()  # unregistered SIMs the registrar was already poked for
         self.backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
 
     async def run(self) -> None:
@@ -89,12 +90,15 @@ class Sender:
                 continue
             held = next((i for i, r in enumerate(rows) if r.iccid not in core.registered), None)
             if held is not None:
+                held_iccid = rows[held].iccid
                 # A SIM the hub has not been told about yet (start-up, hot-plug): send what
                 # precedes it, keep the rest (order preserved) until the registrar has run.
                 await core.store.call(core.store.store.release, rows[held:])
                 rows = rows[:held]
                 if not rows:
-                    core.inventory.changed.set()
+                    if held_iccid not in self._asked:
+                        self._asked.add(held_iccid)
+                        core.inventory.changed.set()
                     core.registered_wake.clear()
                     await core.idle("sender", IDLE_POLL_S, core.registered_wake)
                     continue
@@ -198,11 +202,16 @@ class Registrar:
         while True:
             core.beat("registrar")
             core.inventory.changed.clear()
-            await self._send_until_done()
+            if not await self._send_until_done():
+                # Refused for good (a 4xx): changes do not make it acceptable; try again at
+                # the next heartbeat instead of at every change (PROTOCOL.md section 2).
+                await core.idle("registrar", heartbeat)
+                continue
             if await core.idle("registrar", heartbeat, core.inventory.changed):
                 await asyncio.sleep(REGISTRAR_DEBOUNCE_S)
 
-    async def _send_until_done(self) -> None:
+    async def _send_until_done(self) -> bool:
+        """Send one snapshot, retrying transient failures.  False when the hub refused it."""
         core = self.core
         while True:
             core.beat("registrar")
@@ -216,8 +225,12 @@ class Registrar:
                 core.health.ok()
                 self.backoff.reset()
                 self.sent += 1
-                return
+                return True
             if isinstance(outcome, Permanent):
-                log.error("hub refused the SIM inventory", reason=outcome.reason)
-                return
+                log.error(
+                    "hub refused the SIM inventory; retrying at the next heartbeat",
+                    reason=outcome.reason,
+                )
+                core.health.error(f"PUT /sims refused: {outcome.reason}")
+                return False
             await _pause(core, outcome, self.backoff, "PUT /sims", "registrar")
