@@ -71,6 +71,7 @@ def test_transient_faults_lose_nothing(hub: HubThread, make_agent: Any) -> None:
     assert_all_delivered_once(hub, traffic)
     assert agent.alive and agent.pid == pid
     wait_until(lambda: agent.net.stored() == 0, 5, "every part deleted from the SIMs")
+    wait_until(lambda: agent.status()["outbox"]["depth"] == 0, 5, "an empty outbox")
     assert agent.status()["outbox"] == {
         "depth": 0,
         "oldest_age_s": None,
@@ -198,4 +199,4 @@ def test_auth_failure_keeps_everything_queued(hub: HubThread, make_agent: Any, m
     assert_all_delivered_once(hub, traffic)
     wait_until(lambda: not agent.status()["hub"]["auth_failed"], 5, "auth_failed cleared")
     assert agent.metric("vsim_hub_auth_failure") == 0.0
-    assert agent.status()["outbox"]["depth"] == 0
+    wait_until(lambda: agent.status()["outbox"]["depth"] == 0, 5, "an empty outbox")
