@@ -357,7 +357,7 @@ format = "json"
         raise_fd_limit()
         self.out("machine", machine())
         self.out("modems / shape", f"{n} over TCP (ser2net style), {args.shape}")
-        self.spawn(
+        self.hub = self.spawn(
             "hub",
             [
                 VSIM_AGENT,
@@ -400,9 +400,18 @@ format = "json"
         if args.py_spy == "idle":
             self.py_spy(agent.pid, args.idle, "idle")
         c0, w0 = cpu_seconds(agent.pid), time.monotonic()
-        time.sleep(args.idle)
-        idle = (cpu_seconds(agent.pid) - c0) / (time.monotonic() - w0) * 100
-        self.out(f"(b) idle CPU over {args.idle:g} s", f"{idle:.2f} % of one core (target < 5 %)")
+        slices, c, w = [], c0, w0
+        while w - w0 < args.idle - 1e-6:  # 10-s slices show the poll/sweep cycles
+            time.sleep(min(10.0, args.idle - (w - w0)))
+            c1, w1 = cpu_seconds(agent.pid), time.monotonic()
+            slices.append((c1 - c) / (w1 - w) * 100)
+            c, w = c1, w1
+        idle = (c - c0) / (w - w0) * 100
+        self.out(
+            f"(b) idle CPU over {args.idle:g} s",
+            f"{idle:.2f} % of one core (target < 5 %); 10-s slices "
+            + " ".join(f"{x:.1f}" for x in slices),
+        )
         rss, hwm = proc_status(agent.pid, "VmRSS") / 1024, proc_status(agent.pid, "VmHWM") / 1024
         self.out("(c) RSS after idle: VmRSS / VmHWM", f"{rss:.1f} MB / {hwm:.1f} MB (target < 150)")
 
@@ -415,6 +424,7 @@ format = "json"
                 target=self.py_spy, args=(agent.pid, args.seconds, "load"), daemon=True
             ).start()
         c0, start = cpu_seconds(agent.pid), time.monotonic()
+        hub0, emu0, me0 = cpu_seconds(self.hub.pid), modems.thread_cpu(), time.process_time()
         late = 0.0
         for k in range(count):
             due = start + k / args.rate
@@ -437,9 +447,19 @@ format = "json"
 
         records = self.wait(f"{count} SMS at the hub", all_in, 120)
         load_cpu, load_wall = cpu_seconds(agent.pid) - c0, time.monotonic() - start
+        hub_cpu, emu_cpu = cpu_seconds(self.hub.pid) - hub0, modems.thread_cpu() - emu0
+        me_cpu = time.process_time() - me0
         stored = modems.stored_times()
         received = {r["body"]["id"]: r["received"] for r in records}
+        committed = {
+            r["body"]["id"]: datetime.fromisoformat(r["body"]["received_at"]).timestamp()
+            for r in records
+        }
         latencies = [received[i] - stored[p] for i, p in sent.items()]
+        # The body's received_at is when the agent's intake took the part (just before its
+        # commit; ms precision, truncated): the split below.
+        to_store = [committed[i] - stored[p] for i, p in sent.items()]
+        to_hub = [received[i] - committed[i] for i in sent]
         first = min(stored[p] for p in sent.values())
         last = max(received[i] for i in sent)
         self.out(
@@ -455,9 +475,20 @@ format = "json"
             f"p99 {percentile(latencies, 99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms "
             f"(target p99 < 100 ms)",
         )
+        for label, values in (("stored → agent intake", to_store), ("agent intake → hub", to_hub)):
+            self.out(
+                f"      {label}",
+                f"p50 {percentile(values, 50) * 1000:.1f} ms, "
+                f"p99 {percentile(values, 99) * 1000:.1f} ms",
+            )
         self.out(
             "    agent CPU during load",
             f"{load_cpu:.2f} s in {load_wall:.1f} s = {load_cpu / load_wall * 100:.1f} % of one core",
+        )
+        self.out(
+            "    meanwhile: hub / emulators / this script",
+            f"{hub_cpu / load_wall * 100:.0f} % / {emu_cpu / load_wall * 100:.0f} % / "
+            f"{me_cpu / load_wall * 100:.0f} % of one core (on {os.cpu_count()} CPUs)",
         )
         dupes = sum(r["count"] - 1 for r in records)
         self.wait("every SIM emptied", lambda: modems.left() == 0, 30)
