@@ -338,12 +338,6 @@ def test_refused_messages_go_to_dead_letters_and_are_resent(
     assert "dead letters: 0" in agent.cli("queue", "list").stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/uplink.py Sender.run sets inventory.changed every IDLE_POLL_S while it holds "
-    "messages of unregistered SIMs, so a PUT /sims the hub refuses with a 4xx is re-sent (and "
-    "logged at ERROR) about once a second instead of at the heartbeat",
-)
 def test_permanently_refused_inventory_is_not_retried_in_a_loop(
     hub: HubThread, make_agent: Any
 ) -> None:
