@@ -26,9 +26,7 @@ file, start/kill, ``/status``, JSON log, store queries) and :func:`wait_until`. 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import sqlite3
 import subprocess
 import sys
@@ -225,9 +223,6 @@ class Farm:
     def devices(self) -> list[dict[str, Any]]:
         return [line.device() for line in self.lines]
 
-    def by_iccid(self) -> dict[str, Line]:
-        return {line.iccid: line for line in self.lines}
-
     def all_empty(self) -> bool:
         return all(line.empty() for line in self.lines)
 
@@ -278,11 +273,6 @@ def records(hub: HubThread) -> dict[str, dict[str, Any]]:
     """The hub's message records by id (``body``, ``count`` of receipts, ``received``)."""
     with hub.state.lock:
         return {k: dict(v) for k, v in hub.state.messages.items()}
-
-
-def texts_at_hub(hub: HubThread) -> dict[str, list[dict[str, Any]]]:
-    """Message records grouped by text: a text listed twice arrived under two ids."""
-    return hub.by_text()
 
 
 def wait_online(hub: HubThread, iccids: Iterable[str], timeout: float = 20) -> None:
@@ -371,18 +361,3 @@ def audited(farm: Farm, tmp_path: Path) -> CommitAudit:
     audit = CommitAudit(tmp_path / "agent0" / "state" / "agent.db")
     farm.audit = audit
     return audit
-
-
-def kill_quietly(agent: AtAgent) -> None:
-    """SIGKILL the agent if it runs (a helper for ``finally`` blocks)."""
-    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-        if agent.alive:
-            agent.kill()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -47,10 +47,7 @@ def probe(port: str) -> subprocess.CompletedProcess[str]:
 
 
 def table(stdout: str) -> dict[str, str]:
-    """The two-column table: from the ``Port`` row on, label and value split on 2+ spaces.
-
-    (Lines before it are skipped: see :func:`test_probe_prints_only_the_table`.)
-    """
+    """The two-column table from its ``Port`` row on: label and value, split on 2+ spaces."""
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Port "))
     rows = {}
@@ -122,14 +119,11 @@ def test_probe_over_a_pty(farm: Farm) -> None:
     assert rows["Model"] == "SIMCOM_SIM800L"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/cli.py cmd_probe does not configure logging: structlog's default prints "
-    "every debug event (the at.tx/at.rx wire trace) to stdout before the table",
-)
 def test_probe_prints_only_the_table(farm: Farm) -> None:
     """stdout is the table and nothing else (so it can be read by people and scripts); the
-    AT wire trace is debug output and stays off unless asked for."""
+    AT wire trace is debug output and stays off unless asked for.  (Regression: structlog's
+    default configuration printed every ``at.tx``/``at.rx`` debug event to stdout; fixed in
+    e60bcd4.)"""
     line = farm.add("ec25", "tcp")
     done = probe(line.url)
     assert done.returncode == 0
@@ -137,14 +131,10 @@ def test_probe_prints_only_the_table(farm: Farm) -> None:
     assert first == list(LABELS), done.stdout[:500]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/cli.py cmd_probe returns 0 even when the probe failed (result['error'] "
-    "set); the CLI's documented exit codes say 1 for a runtime failure",
-)
 def test_probe_of_a_dead_port_says_so_and_fails() -> None:
     """Nothing listens on the port: the table ends with an ``Error`` row naming the port,
-    and the exit status is 1 (agent/cli.py: "1 runtime failure")."""
+    and the exit status is 1 (agent/cli.py: "1 runtime failure"; regression: it was 0 before
+    e60bcd4)."""
     done = probe("socket://127.0.0.1:1")
     rows = table(done.stdout)
     assert "127.0.0.1:1" in rows.get("Error", "")
