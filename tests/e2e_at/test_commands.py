@@ -108,12 +108,16 @@ def test_desired_state_reapplied_after_restart_and_after_modem_reset(
     it is down, the EC25 resets (it boots with the radio on).  The restarted agent switches it
     off again (``AT+CFUN=4`` after the restart) and re-registers the forwarding; the hub shows
     ``disabled`` and ``forward_to``.  Then the EC25 resets under the running agent (``RDY``,
-    radio on): the agent switches the radio off again by itself, no hub command involved."""
+    radio on), and so does a disabled SIM800 whose reset drops its USB line (it comes back
+    under a new pty path behind the same symlink): the agent switches both radios off again by
+    itself, no hub command involved."""
     radio = farm.add("ec25", "tcp", name="radio")
     fwd = farm.add("sim800", "pty", name="fwd")
+    usb = farm.add("sim800", "pty", name="usb")
     agent = make_agent()
     agent.start()
-    wait_online(hub, [radio.iccid, fwd.iccid])
+    wait_online(hub, [radio.iccid, fwd.iccid, usb.iccid])
+    command(hub, "disable", usb.iccid)
     command(hub, "disable", radio.iccid)
     command(hub, "forward", fwd.iccid, FORWARD_TO)
     assert not radio.modem.radio_on
@@ -136,19 +140,24 @@ def test_desired_state_reapplied_after_restart_and_after_modem_reset(
     wait_until(lambda: sim_state(hub, radio.iccid) == "disabled", 10, "disabled at the hub")
     wait_until(lambda: hub.sims().get(fwd.iccid, {}).get("forward_to") == FORWARD_TO, 10, "fwd")
 
-    seq_radio = radio.modem.last_seq()
+    seqs = {line.name: line.modem.last_seq() for line in (radio, usb)}
     radio.modem.reset()
-    wait_until(
-        lambda: (
-            radio.modem.events("power_on") and radio.modem.events("power_on")[-1].seq > seq_radio
-        ),
-        5,
-        "the modem rebooted under the agent",
-    )
-    wait_until(
-        lambda: sent_after(radio, seq_radio, "AT+CFUN=4") and not radio.modem.radio_on,
-        15,
-        "radio switched off again after the reset",
-    )
-    assert sim_state(hub, radio.iccid) == "disabled"
+    usb.modem.reset(drop_line=True)
+    for line in (radio, usb):
+        wait_until(
+            lambda m=line.modem, s=seqs[line.name]: any(e.seq > s for e in m.events("power_on")),
+            5,
+            f"{line.name} rebooted under the agent",
+        )
+        wait_until(
+            lambda m=line, s=seqs[line.name]: (
+                sent_after(m, s, "AT+CFUN=4") and not m.modem.radio_on
+            ),
+            20,
+            f"{line.name}: radio switched off again after the reset",
+        )
+        wait_until(
+            lambda i=line.iccid: sim_state(hub, i) == "disabled", 10, f"{line.name} disabled"
+        )
+    assert usb.modem.events("line_down")  # the reset did drop the line (USB re-enumeration)
     assert len(hub.state.commands) == commands_before  # no command was needed for it

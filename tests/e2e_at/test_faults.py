@@ -308,3 +308,33 @@ def test_sim_swap_updates_the_inventory_and_attributes_sms(
         if r["body"]["text"] != "for the new SIM"
     )
     wait_until(line.empty, 5, "the new SIM emptied")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="drivers/at/port_base.py PortBase._drop emits SimGone when the port is lost, and "
+    "agent/inventory.py Inventory.gone deletes the SIM: the hub forgets it instead of listing "
+    "it offline (PROTOCOL.md §3: offline = present but the modem is down)",
+)
+def test_an_unplugged_modem_keeps_its_sim_listed_offline(
+    hub: HubThread, farm: Farm, make_agent: Any
+) -> None:
+    """PROTOCOL.md §3: ``offline`` is a SIM "present but not registered or the modem is
+    down".  While a modem is unplugged (USB hiccup, reset, re-enumeration) its SIM stays in the
+    inventory as ``offline``, so the hub keeps the number (``getallfullnumbers``, commands)
+    instead of forgetting it and learning it anew a few seconds later."""
+    line = farm.add("sim800", "pty")
+    agent = make_agent()
+    agent.start()
+    wait_online(hub, [line.iccid])
+    line.modem.unplug()
+    wait_until(
+        lambda: hub.sims().get(line.iccid, {}).get("state") != "online",
+        10,
+        "the hub told about the unplug",
+    )
+    time.sleep(1.5)  # past the registrar's debounce: what the hub holds now is what it keeps
+    assert hub.sims().get(line.iccid, {}).get("state") == "offline", hub.sims()
+    line.modem.replug()
+    wait_online(hub, [line.iccid])
