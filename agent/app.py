@@ -166,8 +166,8 @@ class App:
             await asyncio.gather(*loops, wd_task, return_exceptions=True)
         if self.admin is not None:
             await self.admin.close()
-        in_flight = await core.store.call(core.store.store.in_flight)
-        log.info("stopped", in_flight=in_flight)
+        depth, _ = await core.store.read(core.store.reader.outbox_stats)
+        log.info("stopped", queued=depth)
 
     async def _announce_ready(self) -> None:
         core = self.core
@@ -200,13 +200,13 @@ class App:
     async def _refresh(self) -> None:
         core = self.core
         assert core is not None
-        st = core.store.store
-        depth, oldest = await core.store.call(st.outbox_stats)
+        st = core.store.reader
+        depth, oldest = await core.store.read(st.outbox_stats)
         self.cached = {
             "depth": depth,
             "oldest": oldest,
-            "dead": await core.store.call(st.dead_letter_count),
-            "pending": await core.store.call(st.pending_parts),
+            "dead": await core.store.read(st.dead_letter_count),
+            "pending": await core.store.read(st.pending_parts),
         }
 
     # -- admin ----------------------------------------------------------------------------

@@ -338,7 +338,7 @@ def load_config(
     cfg_out = Config(path, settings, devices, api_key or SecretStr(""), signing)
     if api_key is None:
         cfg_out.warnings.append(
-            missing_key.split(": ", 1)[1] + "; fine under systemd if the unit loads the credential"
+            missing_key + "; fine under systemd if the unit loads the credential"
         )
 
     parts = urlsplit(up.url)

@@ -39,7 +39,8 @@ from drivers.base import (
 
 log = structlog.get_logger("agent.devices")
 
-INTAKE_BATCH = 500
+INTAKE_BATCH = 200  # parts per commit: big enough to amortise fsync, small enough not to
+# hold the writer thread long (the sender's settles queue behind it)
 #: A device is settled after its first quiet pause this long, or after SETTLE_MAX_S anyway.
 SETTLE_QUIET_S = 0.3
 SETTLE_MAX_S = 10.0

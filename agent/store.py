@@ -11,15 +11,23 @@ crash (DESIGN.md invariant 1).  Tables:
   is dropped instead of delivered again (invariant 2); pruned after 30 days.
 * ``closed_groups``: multipart messages delivered partial, with their missing part numbers, so a
   late part is delivered alone at once with ``complete: false`` (PROTOCOL.md section 4).
-* ``outbox``: messages not yet accepted or rejected by the hub, in arrival order, claimed with
-  ``UPDATE … RETURNING`` (state 0 ready, 1 in flight; in-flight rows return to ready at open).
+* ``outbox``: messages not yet accepted or rejected by the hub, in arrival order (``seq``).
+  The sender reads them on a separate read-only connection with an in-memory cursor: a claim
+  needs no write, since the only claimer is the sender of this process and a crash forgets
+  in-memory claims by itself.  (The ``state`` column of schema 1 stays 0.)
 * ``dead_letters``: messages the hub rejected (invariant 3): kept, listed, re-sendable.
 * ``commands``: hub commands with their durable outcome (PROTOCOL.md section 5).
 * ``meta``: the inventory snapshot ``seq``.
 
 :class:`Store` is synchronous and not thread-safe: the app calls it only through
-:class:`AsyncStore`, which runs every call on one dedicated thread so the event loop never
-blocks on fsync; the CLI opens its own :class:`Store` (WAL lets both work at once).
+:class:`AsyncStore`, which runs writes on one dedicated thread (so the event loop never blocks
+on fsync) and the sender's reads on a second connection and thread (so delivery never queues
+behind a large intake commit); the CLI opens its own :class:`Store` (WAL lets all work at once).
+
+Durability is spent where it buys something: intake commits fsync (invariant 1: the SIM copy
+is deleted right after).  Settling delivered messages commits without fsync
+(``synchronous=NORMAL`` for that transaction): losing it in a power cut only re-sends ids the
+hub already holds, which it answers as accepted (PROTOCOL.md section 4).
 """
 
 from __future__ import annotations
@@ -175,19 +183,20 @@ _GROUP = (
 class Store:
     """The agent's SQLite database.  See the module docstring for what each table holds."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reader: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout=5000")
+        if reader:
+            self._db.execute("PRAGMA query_only=ON")
+            return
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit (invariant 1), not only at checkpoints.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
-        with self._tx():
-            self._db.execute("UPDATE outbox SET state = 0 WHERE state = 1")
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -475,18 +484,18 @@ class Store:
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[OutboxRow]:
-        """Mark up to ``limit`` oldest ready messages in flight and return them in order."""
-        with self._tx():
-            rows = self._db.execute(
-                "UPDATE outbox SET state = 1, attempts = attempts + 1 WHERE seq IN"
-                " (SELECT seq FROM outbox WHERE state = 0 ORDER BY seq LIMIT :limit)"
-                " RETURNING seq, id, iccid, body, attempts, stored_at",
-                {"limit": limit},
-            ).fetchall()
-        out = [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
-        out.sort(key=lambda r: r.seq)
-        return out
+    def peek(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        """Up to ``limit`` queued messages after ``after_seq``, oldest first (read only)."""
+        rows = self._db.execute(
+            "SELECT seq, id, iccid, body, attempts, stored_at FROM outbox WHERE seq > :after"
+            " ORDER BY seq LIMIT :limit",
+            {"after": after_seq, "limit": limit},
+        ).fetchall()
+        return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def _relaxed(self) -> _Tx:
+        """A transaction committed without fsync: for settling, never for intake."""
+        return _Tx(self._db, relaxed=True)
 
     def settle(
         self,
@@ -496,12 +505,12 @@ class Store:
         *,
         now: float,
     ) -> Settled:
-        """Apply the hub's answer: accepted rows leave, rejected rows become dead letters,
-        anything the hub did not mention returns to ready for the next attempt."""
+        """Apply the hub's answer: accepted rows leave, rejected rows become dead letters;
+        rows the hub did not mention stay queued (the sender sends them again)."""
         acc = set(accepted)
         latencies: list[float] = []
         dead = 0
-        with self._tx():
+        with self._relaxed():
             for row in claimed:
                 if row.id in acc:
                     self._db.execute("DELETE FROM outbox WHERE seq = ?", (row.seq,))
@@ -509,14 +518,7 @@ class Store:
                 elif row.id in rejected:
                     self._dead(row, rejected[row.id], now)
                     dead += 1
-                else:
-                    self._db.execute("UPDATE outbox SET state = 0 WHERE seq = ?", (row.seq,))
         return Settled(len(latencies), dead, tuple(latencies))
-
-    def dead_letter_all(self, claimed: Sequence[OutboxRow], reason: str, *, now: float) -> None:
-        with self._tx():
-            for row in claimed:
-                self._dead(row, reason, now)
 
     def _dead(self, row: OutboxRow, reason: str, now: float) -> None:
         self._db.execute(
@@ -525,16 +527,6 @@ class Store:
             (row.id, row.iccid, row.body, reason[:500], row.attempts, row.stored_at, now),
         )
         self._db.execute("DELETE FROM outbox WHERE seq = ?", (row.seq,))
-
-    def release(self, claimed: Sequence[OutboxRow]) -> None:
-        """Return claimed rows to ready (transient failure, shutdown)."""
-        with self._tx():
-            self._db.executemany(
-                "UPDATE outbox SET state = 0 WHERE seq = ?", [(r.seq,) for r in claimed]
-            )
-
-    def in_flight(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM outbox WHERE state = 1").fetchone()[0])
 
     def outbox_stats(self) -> tuple[int, float | None]:
         """Depth and the ``stored_at`` of the oldest message (None when empty)."""
@@ -640,14 +632,21 @@ class Store:
 class _Tx:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error): one writer, no deadlocks."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, *, relaxed: bool = False) -> None:
         self._db = db
+        self._relaxed = relaxed
 
     def __enter__(self) -> None:
+        if self._relaxed:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            if self._relaxed:
+                self._db.execute("PRAGMA synchronous=FULL")
 
 
 def _row_of(part: SmsPart) -> dict[str, Any]:
@@ -679,16 +678,25 @@ def _command_row(r: sqlite3.Row) -> CommandRow:
 
 
 class AsyncStore:
-    """Runs :class:`Store` calls on one worker thread, in submission order."""
+    """Writes on one worker thread in submission order; reads on a second connection."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.reader = Store(store.path, reader=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
+    async def read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a read-only method of ``self.reader`` (pass it as ``store.reader.method``)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_pool, functools.partial(fn, *args, **kwargs))
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._read_pool.shutdown(wait=True)
+        self.reader.close()
         self.store.close()

@@ -72,49 +72,59 @@ def _parse_ack(data: Any, ids: set[str]) -> tuple[set[str], dict[str, str]] | No
 
 
 class Sender:
+    """``POST /messages``: one batch in flight, oldest first, settled by id.
+
+    The outbox is read after an in-memory cursor (the last ``seq`` sent and answered), on the
+    store's read connection.  A settle (deleting accepted rows) runs on the writer while the
+    next batch is already on its way; before the next settle the previous one is awaited, so
+    at most one is pending and the cursor never passes a row still owed to the hub.
+    """
+
     def __init__(self, core: Core) -> None:
         self.core = core
         self._isolate = 0  # messages still to send one by one after a whole-batch refusal
         self._asked: set[str] = set()  # unregistered SIMs the registrar was already poked for
+        self._unknown: dict[str, int] = {}  # message id → "unknown sim" answers so far
+        self._cursor = 0
+        self._settling: asyncio.Future[None] | None = None
         self.backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
 
     async def run(self) -> None:
         core = self.core
-        while True:
-            core.beat("sender")
-            limit = 1 if self._isolate else core.config.upstream.batch_max
-            rows = await core.store.call(core.store.store.claim, limit)
-            if not rows:
-                core.outbox_wake.clear()
-                await core.idle("sender", IDLE_POLL_S, core.outbox_wake)
-                continue
-            held = next((i for i, r in enumerate(rows) if r.iccid not in core.registered), None)
-            if held is not None:
-                held_iccid = rows[held].iccid
-                # A SIM the hub has not been told about yet (start-up, hot-plug): send what
-                # precedes it, keep the rest (order preserved) until the registrar has run.
-                await core.store.call(core.store.store.release, rows[held:])
-                rows = rows[:held]
+        try:
+            while True:
+                core.beat("sender")
+                limit = 1 if self._isolate else core.config.upstream.batch_max
+                rows = await core.store.read(core.store.reader.peek, self._cursor, limit)
                 if not rows:
-                    if held_iccid not in self._asked:
-                        self._asked.add(held_iccid)
-                        core.inventory.changed.set()
-                    core.registered_wake.clear()
-                    await core.idle("sender", IDLE_POLL_S, core.registered_wake)
+                    core.outbox_wake.clear()
+                    await core.idle("sender", IDLE_POLL_S, core.outbox_wake)
                     continue
-            try:
+                held = next((i for i, r in enumerate(rows) if r.iccid not in core.registered), None)
+                if held is not None:
+                    # A SIM the hub has not been told about yet (start-up, hot-plug): send
+                    # what precedes it and hold the rest, in order, until the registrar ran.
+                    held_iccid = rows[held].iccid
+                    rows = rows[:held]
+                    if not rows:
+                        if held_iccid not in self._asked:
+                            self._asked.add(held_iccid)
+                            core.inventory.changed.set()
+                        core.registered_wake.clear()
+                        await core.idle("sender", IDLE_POLL_S, core.registered_wake)
+                        continue
                 outcome = await self._send(rows)
-            except BaseException:
-                # Cancelled (shutdown) or a bug: nothing stays in flight.
-                await asyncio.shield(core.store.call(core.store.store.release, rows))
-                raise
-            if outcome is not None:
-                await core.store.call(core.store.store.release, rows)
-                core.metrics.retries.inc()
-                await _pause(core, outcome, self.backoff, "POST /messages", "sender")
+                if outcome is not None:
+                    core.metrics.retries.inc()
+                    await _pause(core, outcome, self.backoff, "POST /messages", "sender")
+        finally:
+            # Shutdown: let the pending settle finish (it is a short local commit).
+            if self._settling is not None:
+                with suppress(Exception):
+                    await asyncio.shield(self._settling)
 
     async def _send(self, rows: list[OutboxRow]) -> Outcome | None:
-        """Send one batch; None when it was settled, else the outcome to back off on."""
+        """Send one batch; None when the hub answered for it, else the outcome to back off on."""
         core = self.core
         body = ('{"messages":[' + ",".join(r.body for r in rows) + "]}").encode()
         outcome = await core.hub.request("POST", "/messages", body=body, endpoint="messages")
@@ -123,17 +133,15 @@ class Sender:
             if parsed is None:
                 return Retry("POST /messages answered JSON without accepted/rejected lists")
             accepted, rejected = parsed
-            settled = await core.store.call(
-                core.store.store.settle, rows, accepted, rejected, now=time.time()
-            )
-            self._after_settle(rows, settled.delivered, settled.dead, settled.latencies)
-            self._log_delivered(rows, accepted, time.time())
-            for msg_id, reason in rejected.items():
-                log.error(
-                    "hub rejected a message; kept in dead letters", msg_id=msg_id, reason=reason
-                )
-            if settled.delivered + settled.dead < len(rows):
-                # The hub left some ids out: they stay queued; do not hammer it.
+            retry = self._unknown_sims(rows, rejected)
+            answered = [r for r in rows if r.id in accepted or r.id in rejected]
+            # The cursor moves past the answered prefix only: an id the hub left out (or an
+            # unknown-sim retry) is sent again, with what follows it.
+            first_open = next((r.seq for r in rows if r not in answered), None)
+            self._cursor = (first_open - 1) if first_open is not None else rows[-1].seq
+            await self._settle(answered, accepted, rejected)
+            self._after_answer()
+            if first_open is not None and not retry:
                 return Retry("hub did not answer for every message of the batch")
             return None
         if isinstance(outcome, Permanent):
@@ -143,33 +151,69 @@ class Sender:
                     reason=outcome.reason,
                     batch=len(rows),
                 )
-                await core.store.call(core.store.store.release, rows)
                 self._isolate = len(rows)
                 return None
-            await core.store.call(
-                core.store.store.dead_letter_all, rows, outcome.reason, now=time.time()
-            )
-            log.error(
-                "hub refused a message; kept in dead letters",
-                msg_id=rows[0].id,
-                reason=outcome.reason,
-            )
-            self._after_settle(rows, 0, 1, ())
+            self._cursor = rows[0].seq
+            await self._settle(rows, set(), {rows[0].id: outcome.reason})
+            self._after_answer()
             return None
         return outcome
 
-    def _after_settle(
-        self, rows: list[OutboxRow], delivered: int, dead: int, latencies: tuple[float, ...]
+    def _unknown_sims(self, rows: list[OutboxRow], rejected: dict[str, str]) -> bool:
+        """An ``unknown sim`` rejection means the hub lost our inventory (e.g. it restarted):
+        register again and retry, up to three times per message, before dead-lettering."""
+        retry = False
+        for row in rows:
+            reason = rejected.get(row.id)
+            if reason is None or "unknown sim" not in reason.lower():
+                continue
+            tries = self._unknown.get(row.id, 0) + 1
+            if tries > 3:
+                self._unknown.pop(row.id, None)
+                continue
+            self._unknown[row.id] = tries
+            del rejected[row.id]
+            self.core.registered.discard(row.iccid)
+            self._asked.discard(row.iccid)
+            retry = True
+        if retry:
+            self.core.inventory.changed.set()
+        return retry
+
+    async def _settle(
+        self, rows: list[OutboxRow], accepted: set[str], rejected: dict[str, str]
     ) -> None:
         core = self.core
-        core.health.ok()
+        if self._settling is not None:
+            await self._settling
+        if not rows:
+            self._settling = None
+            return
+        for msg_id, reason in rejected.items():
+            log.error("hub rejected a message; kept in dead letters", msg_id=msg_id, reason=reason)
+
+        async def settle() -> None:
+            try:
+                settled = await core.store.call(
+                    core.store.store.settle, rows, accepted, rejected, now=time.time()
+                )
+            except Exception:
+                # Rows stay in the outbox and are re-sent after a restart (same ids).
+                log.exception("could not settle delivered messages", count=len(rows))
+                return
+            core.metrics.delivered.inc(settled.delivered)
+            core.metrics.dead_lettered.inc(settled.dead)
+            for lat in settled.latencies:
+                core.metrics.latency.observe(lat)
+            self._log_delivered(rows, accepted, time.time())
+
+        self._settling = asyncio.ensure_future(settle())
+
+    def _after_answer(self) -> None:
+        self.core.health.ok()
         self.backoff.reset()
         if self._isolate:
-            self._isolate = max(0, self._isolate - len(rows))
-        core.metrics.delivered.inc(delivered)
-        core.metrics.dead_lettered.inc(dead)
-        for lat in latencies:
-            core.metrics.latency.observe(lat)
+            self._isolate -= 1
 
     def _log_delivered(self, rows: list[OutboxRow], accepted: set[str], now: float) -> None:
         # One line per forwarded SMS (DESIGN.md, logs): id, SIM, latency; never the text.

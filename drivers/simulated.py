@@ -376,6 +376,9 @@ class SimulatedDriver(Driver):
         self._emitted: set[int] = set()
         self._rescan: set[str] = set()
         self._waker: _Waker | None = None
+        self._acks: list[int] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._slow_ack = 0.0
 
     @property
     def network_path(self) -> Path:
@@ -409,6 +412,11 @@ class SimulatedDriver(Driver):
             _WAKERS.setdefault(net.path, weakref.WeakSet()).add(self._waker)
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
         net, self._net = self._net, None
         if self._waker is not None:
             with _WAKERS_LOCK:
@@ -452,7 +460,7 @@ class SimulatedDriver(Driver):
             now = time.monotonic()
             if now - last_fault_check > 0.25:
                 last_fault_check = now
-                down, _ = await asyncio.to_thread(net.faults, self.name)
+                down, self._slow_ack = await asyncio.to_thread(net.faults, self.name)
                 if down:
                     yield DeviceDown("simulated device down (fault injected)")
                     return
@@ -519,14 +527,33 @@ class SimulatedDriver(Driver):
         return self._port_by_iccid.get(iccid, f"{self.name}/?")
 
     async def ack(self, token: Hashable) -> None:
+        """Queue the delete; a flusher deletes queued rows in one transaction (as a modem
+        pool deletes index after index while the next ones are already queued)."""
         if not isinstance(token, _Token):
             raise TypeError(f"not a simulated ack token: {token!r}")
-        net = self._require()
-        _down, slow = net.faults(self.name)
-        if slow:
-            await asyncio.sleep(slow)
-        await asyncio.to_thread(net._write, "DELETE FROM sms WHERE id = ?", (token.row,))
-        self._emitted.discard(token.row)
+        self._require()
+        self._acks.append(token.row)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name=f"sim:{self.name}:acks")
+
+    async def _flush(self) -> None:
+        while self._acks:
+            net = self._net
+            if net is None:
+                return
+            try:  # one look per batch: a fault set a moment ago applies at once
+                _down, self._slow_ack = await asyncio.to_thread(net.faults, self.name)
+            except sqlite3.Error:
+                return
+            if self._slow_ack:
+                await asyncio.sleep(self._slow_ack)
+            rows, self._acks = self._acks, []
+            marks = ",".join("?" * len(rows))
+            try:
+                await asyncio.to_thread(net._write, f"DELETE FROM sms WHERE id IN ({marks})", rows)
+            except sqlite3.Error:
+                return  # closed under us: the rows are read again after the reconnect
+            self._emitted.difference_update(rows)
 
     def _iccid(self, port: str) -> str:
         try:

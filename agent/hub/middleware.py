@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import struct
 from typing import Final
@@ -80,7 +81,8 @@ class AgentGate:
 def _fault_response(fault: Fault) -> Response:
     headers: dict[str, str] = {}
     if fault.retry_after is not None:
-        headers["Retry-After"] = f"{fault.retry_after:g}"
+        # RFC 9110 10.2.3: delay-seconds is a whole number; round up so a test's 1.5 s holds.
+        headers["Retry-After"] = str(math.ceil(fault.retry_after))
     if fault.mode == "auth401":
         return error_response(ERR_BAD_KEY, "Api key is not valid", 401)
     if fault.mode == "auth202":

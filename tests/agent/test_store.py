@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def bodies(store: Store) -> list[dict[str, object]]:
-    return [json.loads(r.body) for r in store.claim(1000)]
+    return [json.loads(r.body) for r in store.peek(0, 1000)]
 
 
 def test_single_part_message_fields_and_id(store: Store) -> None:
@@ -74,7 +75,7 @@ def test_single_part_message_fields_and_id(store: Store) -> None:
 def test_reread_is_deduplicated_even_after_delivery(store: Store) -> None:
     p = part("code 1234")
     store.ingest([p], now=T0, reassembly_timeout_s=600)
-    rows = store.claim(10)
+    rows = store.peek(0, 10)
     store.settle(rows, [rows[0].id], {}, now=T0 + 1)
     assert store.outbox_stats() == (0, None)
     res = store.ingest([p], now=T0 + 5, reassembly_timeout_s=600)
@@ -112,7 +113,8 @@ def test_partial_after_timeout_then_late_part_alone(store: Store) -> None:
     [m] = bodies(store)
     assert m["text"] == "P1P3" and m["parts"] == 2 and m["complete"] is False
     store.ingest([p2], now=T0 + 700, reassembly_timeout_s=600)
-    [late] = bodies(store)
+    first, late = bodies(store)
+    assert first["id"] == m["id"]
     assert late["text"] == "P2" and late["parts"] == 1 and late["complete"] is False
     # A re-read of a delivered part changes nothing.
     assert store.ingest([p1], now=T0 + 701, reassembly_timeout_s=600).duplicates == 1
@@ -158,28 +160,26 @@ def test_any_order_gives_one_exact_message(
         s.close()
 
 
-def test_outbox_claim_settle_release_dead_letters(tmp_path: Path) -> None:
+def test_outbox_peek_settle_dead_letters_resend(tmp_path: Path) -> None:
     store = Store(tmp_path / "agent.db")
+    reader = Store(tmp_path / "agent.db", reader=True)
     store.ingest([part(f"m{i}", tag=str(i)) for i in range(5)], now=T0, reassembly_timeout_s=600)
-    rows = store.claim(3)
+    rows = reader.peek(0, 3)
     assert [json.loads(r.body)["text"] for r in rows] == ["m0", "m1", "m2"]  # arrival order
-    assert store.in_flight() == 3
     settled = store.settle(rows, [rows[0].id], {rows[1].id: "unknown sim"}, now=T0 + 2)
     assert (settled.delivered, settled.dead) == (1, 1)
-    assert store.in_flight() == 0  # the unmentioned one went back to ready
     assert [d.reason for d in store.dead_letters()] == ["unknown sim"]
-    nxt = store.claim(10)
-    assert [json.loads(r.body)["text"] for r in nxt] == ["m2", "m3", "m4"]
-    assert nxt[0].attempts == 2
-    # Crash with rows in flight: they return to ready when the store opens again.
+    # The one the hub did not mention stays queued, in order, with the rest.
+    assert [json.loads(r.body)["text"] for r in reader.peek(0, 10)] == ["m2", "m3", "m4"]
+    assert [json.loads(r.body)["text"] for r in reader.peek(rows[2].seq, 10)] == ["m3", "m4"]
+    with pytest.raises(sqlite3.OperationalError):  # the reader cannot write
+        reader.resend_dead(None)
+    assert store.resend_dead(None) == 1
+    assert store.outbox_stats()[0] == 4 and store.dead_letter_count() == 0
+    # A resent message comes after everything queued (new seq), so no cursor skips it.
+    assert json.loads(reader.peek(0, 10)[-1].body)["text"] == "m1"
+    reader.close()
     store.close()
-    again = Store(tmp_path / "agent.db")
-    try:
-        assert again.in_flight() == 0 and again.outbox_stats()[0] == 3
-        assert again.resend_dead(None) == 1
-        assert again.outbox_stats()[0] == 4 and again.dead_letter_count() == 0
-    finally:
-        again.close()
 
 
 def test_seq_persists_and_grows(tmp_path: Path) -> None:
