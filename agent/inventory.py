@@ -8,12 +8,18 @@ should see, so the registrar can send within a second.
 State rule: ``disabled`` when the hub switched the SIM off (desired state, whatever the radio
 does meanwhile); ``error`` when the last command or the device reported an error for it;
 ``online`` when its device is up, its radio on and it is registered; ``offline`` otherwise.
+
+A SIM a driver reports gone stays listed ``offline`` for ``GONE_GRACE_S``: a USB hiccup, a
+modem reset or a re-plug must not make the hub forget a rented number for a few seconds
+(PROTOCOL.md section 3: offline is "present but … the modem is down").  It leaves the list after
+the grace period, or at once when another SIM shows up in its port (a swap).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +28,8 @@ from agent.mcc import country_of
 from agent.store import SimRow
 from drivers.base import SimInfo
 
+#: How long a SIM reported gone stays listed (offline) before it leaves the inventory.
+GONE_GRACE_S = 600.0
 #: PROTOCOL.md section 3 ``number_source`` values (besides null).
 NUMBER_SOURCES = frozenset({"config", "cnum", "phonebook", "ussd", "gateway"})
 
@@ -38,6 +46,7 @@ class Sim:
     desired_forward: str | None = None
     device_up: bool = True
     error: str | None = None
+    gone_at: float | None = None  # monotonic time the driver reported it gone
     last_sms_at: str | None = None
     sms_count: int = 0
     applying: set[str] = field(default_factory=set)
@@ -48,7 +57,7 @@ class Sim:
             return "disabled"
         if self.error:
             return "error"
-        if self.device_up and self.info.radio_on and self.info.registered:
+        if self.gone_at is None and self.device_up and self.info.radio_on and self.info.registered:
             return "online"
         return "offline"
 
@@ -80,6 +89,7 @@ class Inventory:
         self._config_numbers = config_numbers
         self._known: dict[str, SimRow] = {}
         self.sims: dict[str, Sim] = {}
+        self._by_port: dict[str, str] = {}  # port → ICCID of the SIM listed there
         self.changed = asyncio.Event()
 
     def load(self, rows: dict[str, SimRow]) -> None:
@@ -98,9 +108,13 @@ class Inventory:
     def present(self, device: str, info: SimInfo) -> Sim:
         """A device reports a SIM.  Returns the merged record (new or updated)."""
         # A SIM that moved (swap, re-plug under another device) leaves its old port.
-        for other in [s for s in self.sims.values() if s.info.port == info.port]:
-            if other.iccid != info.iccid:
-                del self.sims[other.iccid]
+        other = self._by_port.get(info.port)
+        if other is not None and other != info.iccid:
+            self.sims.pop(other, None)
+        old = self.sims.get(info.iccid)
+        if old is not None and old.info.port != info.port:
+            self._by_port.pop(old.info.port, None)
+        self._by_port[info.port] = info.iccid
         sim = self.sims.get(info.iccid)
         if sim is None:
             row = self._known.get(info.iccid)
@@ -112,7 +126,7 @@ class Inventory:
                 sim.sms_count = row.sms_count
                 sim.number, sim.number_source = row.number, row.number_source
             self.sims[info.iccid] = sim
-        sim.device, sim.info, sim.device_up = device, info, True
+        sim.device, sim.info, sim.device_up, sim.gone_at = device, info, True, None
         if info.iccid in self._config_numbers:
             sim.number, sim.number_source = self._config_numbers[info.iccid], "config"
         elif info.number:
@@ -126,15 +140,23 @@ class Inventory:
         return sim
 
     def signal(self, port: str, dbm: int) -> None:
-        for sim in self.sims.values():
-            if sim.info.port == port:
-                sim.info = replace(sim.info, signal_dbm=dbm)
+        sim = self.sims.get(self._by_port.get(port, ""))
+        if sim is not None and sim.info.signal_dbm != dbm:
+            sim.info = replace(sim.info, signal_dbm=dbm)
 
     def gone(self, port: str, iccid: str | None) -> None:
-        for sim in [s for s in self.sims.values() if s.info.port == port]:
-            if iccid is None or sim.iccid == iccid:
+        sim = self.sims.get(self._by_port.get(port, ""))
+        if sim is not None and (iccid is None or sim.iccid == iccid) and sim.gone_at is None:
+            sim.gone_at = time.monotonic()
+            self._touch()
+
+    def _expire_gone(self) -> None:
+        now = time.monotonic()
+        for sim in list(self.sims.values()):
+            if sim.gone_at is not None and now - sim.gone_at > GONE_GRACE_S:
                 del self.sims[sim.iccid]
-                self._touch()
+                if self._by_port.get(sim.info.port) == sim.iccid:
+                    del self._by_port[sim.info.port]
 
     def device_down(self, device: str) -> None:
         for sim in self.sims.values():
@@ -181,6 +203,7 @@ class Inventory:
         return online, len(self.sims)
 
     def snapshot(self, seq: int) -> dict[str, Any]:
+        self._expire_gone()
         return {
             "agent": {"id": self.agent_id, "version": __version__, "hostname": self.hostname},
             "seq": seq,

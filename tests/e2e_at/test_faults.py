@@ -311,12 +311,6 @@ def test_sim_swap_updates_the_inventory_and_attributes_sms(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="drivers/at/port_base.py PortBase._drop emits SimGone when the port is lost, and "
-    "agent/inventory.py Inventory.gone deletes the SIM: the hub forgets it instead of listing "
-    "it offline (PROTOCOL.md §3: offline = present but the modem is down)",
-)
 def test_an_unplugged_modem_keeps_its_sim_listed_offline(
     hub: HubThread, farm: Farm, make_agent: Any
 ) -> None:
