@@ -97,13 +97,16 @@ def test_bad_config_is_refused_with_file_and_key(tmp_path: Path, case: str) -> N
         )
         for cmd in ("check", "run")
     }
+    # Reap both before asserting anything: a process left behind by a failed assertion would
+    # surface as a ResourceWarning in whichever test runs next.
+    outputs = {cmd: proc.communicate(timeout=30) for cmd, proc in procs.items()}
     for cmd, proc in procs.items():
-        out, err = proc.communicate(timeout=30)
+        out, err = outputs[cmd]
         if cmd == "check" and case == "missing api key":
             # By design (commit 3c48321) check only warns: under systemd the key arrives as a
             # credential that an operator's shell does not have.
             assert proc.returncode == 0, f"{cmd}: exit {proc.returncode}\n{out}\n{err}"
-            assert "warning: upstream.api_key: required" in out, out
+            assert f"warning: {cfg_path}: upstream.api_key: required" in out, out
             continue
         assert proc.returncode == 2, f"{cmd}: exit {proc.returncode}\n{out}\n{err}"
         assert str(cfg_path) in err, f"{cmd} does not name the file:\n{err}"
