@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("agent")
 
-BEAT_S = 2.0  # idle loops beat at least this often
+BEAT_S = 1.0  # idle loops beat at least this often (well inside any WatchdogSec)
 
 
 @dataclass(slots=True)

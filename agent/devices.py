@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from collections import deque
 from collections.abc import Hashable
 from contextlib import suppress
 
@@ -293,6 +295,8 @@ class Intake:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._queue: asyncio.Queue[tuple[DeviceSupervisor, SmsPart]] = asyncio.Queue(20000)
+        self._retry: deque[tuple[DeviceSupervisor, SmsPart]] = deque()
+        self._backoff = Backoff(0.5, 30.0)
 
     async def put(self, sup: DeviceSupervisor, part: SmsPart) -> None:
         await self._queue.put((sup, part))
@@ -305,21 +309,41 @@ class Intake:
         timeout = core.config.agent.reassembly_timeout_s
         while True:
             core.beat("intake")
-            try:
-                async with asyncio.timeout(1.0):
-                    first = await self._queue.get()
-            except TimeoutError:
-                continue
-            batch = [first]
+            if self._retry:
+                batch = [self._retry.popleft() for _ in range(min(INTAKE_BATCH, len(self._retry)))]
+            else:
+                try:
+                    async with asyncio.timeout(1.0):
+                        first = await self._queue.get()
+                except TimeoutError:
+                    continue
+                batch = [first]
             while len(batch) < INTAKE_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             now = time.time()
-            result = await core.store.call(
-                core.store.store.ingest,
-                [p for _s, p in batch],
-                now=now,
-                reassembly_timeout_s=timeout,
-            )
+            try:
+                result = await core.store.call(
+                    core.store.store.ingest,
+                    [p for _s, p in batch],
+                    now=now,
+                    reassembly_timeout_s=timeout,
+                )
+            except sqlite3.Error as exc:
+                # Disk full, a lock held too long by another process...: nothing was
+                # committed and nothing is acked, so every part is still on its SIM.  Back
+                # off and try the same batch again rather than take the whole agent down.
+                delay = self._backoff.next()
+                log.error(
+                    "could not commit received SMS; retrying",
+                    reason=str(exc),
+                    parts=len(batch),
+                    retry_in_s=round(delay, 2),
+                )
+                for item in reversed(batch):
+                    self._retry.appendleft(item)
+                await core.idle("intake", delay)
+                continue
+            self._backoff.reset()
             core.metrics.parts_received.inc(result.stored_parts)
             core.metrics.partial.inc(result.partial)
             at = iso(now)

@@ -17,6 +17,7 @@ reach a log line or an exception text.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import hmac
@@ -123,6 +124,7 @@ class HubClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base = url.rstrip("/")
+        self._timeout_s = timeout_s
         self._key = api_key
         self._secret = signing_secret
         self._metrics = metrics
@@ -172,17 +174,23 @@ class HubClient:
         extra: dict[str, Any] = {}
         if timeout is not None:
             extra["timeout"] = httpx.Timeout(timeout, connect=5.0)
+        # httpx's timeouts apply per read: a peer that trickles bytes could hold a request for
+        # ever.  An overall deadline keeps every loop moving (and the watchdog fed).
+        deadline = (timeout if timeout is not None else self._timeout_s) + self._timeout_s
         try:
-            response = await self._client.request(
-                method,
-                self.base + path,
-                content=body or None,
-                params=params,
-                headers=self._headers(body),
-                **extra,
-            )
+            async with asyncio.timeout(deadline):
+                response = await self._client.request(
+                    method,
+                    self.base + path,
+                    content=body or None,
+                    params=params,
+                    headers=self._headers(body),
+                    **extra,
+                )
+        except TimeoutError:
+            outcome: Outcome = Retry(f"no complete answer within {deadline:.0f} s")
         except httpx.TimeoutException as exc:
-            outcome: Outcome = Retry(f"timeout ({type(exc).__name__})")
+            outcome = Retry(f"timeout ({type(exc).__name__})")
         except httpx.HTTPError as exc:
             outcome = Retry(f"connection error: {type(exc).__name__}: {_clean(exc)}")
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from contextlib import suppress
 from typing import Any
@@ -91,6 +92,11 @@ class Sender:
 
     async def run(self) -> None:
         core = self.core
+        if os.environ.get("VSIM_DEBUG_WEDGE") == "sender":
+            # Test seam: a sender stuck for good, to prove the systemd watchdog stops
+            # pinging (tests/e2e/test_systemd_notify.py).  Nothing else reads it.
+            log.warning("VSIM_DEBUG_WEDGE=sender: the sender loop is wedged on purpose")
+            await asyncio.Event().wait()
         try:
             while True:
                 core.beat("sender")

@@ -450,7 +450,9 @@ class Agent:
     def alive(self) -> bool:
         return bool(self.procs) and self.proc.poll() is None
 
-    def start(self, *, wait: bool = True, timeout: float = 20) -> Agent:
+    def start(
+        self, *, wait: bool = True, timeout: float = 20, env: dict[str, str] | None = None
+    ) -> Agent:
         with self.log_path.open("ab") as log:
             log.write(f"=== e2e: start #{len(self.procs) + 1} at {time.time():.3f}\n".encode())
             log.flush()
@@ -459,7 +461,7 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=agent_env(),
+                env={**agent_env(), **(env or {})},
                 cwd=self.root,
                 start_new_session=True,
             )
