@@ -43,10 +43,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from agent.reassembly import PartContent, assemble, content_id
 from drivers.base import Encoding, SmsPart
 
 T = TypeVar("T")
+log = structlog.get_logger("agent.store")
 SEEN_RETENTION_S = 30 * 86400
 #: How long a partial message's missing parts are remembered for late arrivals, in timeouts.
 CLOSED_GROUP_TIMEOUTS = 6
@@ -687,8 +690,26 @@ class AsyncStore:
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a write on the writer thread.  A transient failure (locked by another process
+        past ``busy_timeout``, disk full) rolled the transaction back: wait and run it again,
+        so no loop of the agent dies of it.  Should it last, the loops stop beating and the
+        systemd watchdog restarts the service."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        delay = 0.5
+        while True:
+            try:
+                return await loop.run_in_executor(
+                    self._pool, functools.partial(fn, *args, **kwargs)
+                )
+            except sqlite3.OperationalError as exc:
+                log.error(
+                    "store write failed; retrying",
+                    op=getattr(fn, "__name__", "?"),
+                    reason=str(exc),
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a read-only method of ``self.reader`` (pass it as ``store.reader.method``)."""

@@ -6,6 +6,7 @@ loses nothing: refused messages wait in the dead-letter table until an operator 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import threading
 import time
@@ -357,3 +358,30 @@ def test_permanently_refused_inventory_is_not_retried_in_a_loop(
     assert outbox["depth"] == 1 and outbox["dead_letters"] == 0
     tries = hub.requests("sims", t0)
     assert tries <= 2, f"{tries} PUT /sims in 5 s after a permanent refusal"
+
+
+def test_store_locked_by_another_process_delays_but_loses_nothing(
+    hub: HubThread, make_agent: Any
+) -> None:
+    """Another process holds the agent's database write lock for longer than its busy
+    timeout (5 s) while SMS arrive: the agent keeps running, deletes nothing from the SIMs
+    while it cannot commit, and delivers everything once the lock is gone."""
+    agent: Agent = make_agent(hub)
+    agent.start()
+    wait_until(lambda: len(hub.sims()) == 8, 10, "inventory")
+    numbers = agent.numbers()
+    blocker = sqlite3.connect(agent.root / "state" / "agent.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        for i in range(5):
+            agent.net.send(numbers[i], f"while locked {i}", sender="Bank")
+        time.sleep(7)
+        assert agent.alive
+        assert agent.net.stored() == 5, "nothing may leave the SIMs before it is committed"
+        assert not {f"while locked {i}" for i in range(5)} & hub.texts()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    wait_until(lambda: {f"while locked {i}" for i in range(5)} <= hub.texts(), 20, "delivery")
+    wait_until(lambda: agent.net.stored() == 0, 10, "deleted from the SIMs")
+    assert agent.alive
