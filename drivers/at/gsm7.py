@@ -94,18 +94,7 @@ PORTUGUESE_LOCKING: Final = (
 )
 
 # The characters every national single shift table repeats from the default extension table.
-_COMMON_SHIFT: Final = {
-    0x0A: "\x0c",
-    0x14: "^",
-    0x28: "{",
-    0x29: "}",
-    0x2F: "\\",
-    0x3C: "[",
-    0x3D: "~",
-    0x3E: "]",
-    0x40: "|",
-    0x65: "\u20ac",
-}
+_COMMON_SHIFT: Final = dict(DEFAULT_EXTENSION)
 
 # TS 23.038 A.2.1: Turkish national language single shift table.
 TURKISH_SINGLE: Final[Mapping[int, str]] = MappingProxyType(

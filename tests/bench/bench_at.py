@@ -36,11 +36,9 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +55,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.bench.common import (  # noqa: E402
+    TICK,
+    cpu_seconds,
+    free_port,
+    percentile,
+    proc_status,
+    spawn,
+    wait_for,
+)
+from tests.bench.common import machine_line as machine  # noqa: E402
 from tests.emulator import EmulatedModem, ModemServer, SimCard, raise_fd_limit  # noqa: E402
 from tests.emulator.sim import generate_imei  # noqa: E402
 from tests.support.pdu_encoder import encode_deliver  # noqa: E402
@@ -64,51 +72,11 @@ from tests.support.pdu_encoder import encode_deliver  # noqa: E402
 T = TypeVar("T")
 PYTHON = sys.executable
 VSIM_AGENT = str(Path(PYTHON).with_name("vsim-agent"))
-TICK = os.sysconf("SC_CLK_TCK")
 PROFILES = ("ec25", "sim800", "e3372")
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 # -- small helpers --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A ``kB`` field of ``/proc/<pid>/status`` (VmRSS, VmHWM), in kB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-        f"Linux {platform.release()}"
-    )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))]
 
 
 def message_id(iccid: str, pdu_hex: str) -> str:
@@ -292,32 +260,12 @@ class Bench:
         print(line, flush=True)
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.dir,
-            start_new_session=True,
-        )
-        log.close()
+        proc = spawn(argv, self.dir / f"{name}.log", self.dir)
         self.procs.append(proc)
         return proc
 
     def wait(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
-                value = check()
-                if value:
-                    return value
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise SystemExit(f"a process died while waiting for {what}; see {self.dir}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"timed out after {timeout} s waiting for {what}; see {self.dir}")
-            time.sleep(0.1)
+        return wait_for(what, check, timeout, self.procs, self.dir)
 
     def online(self) -> int:
         state = self.http.get(f"{self.hub_url}/_control/state").json()

@@ -36,10 +36,8 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +54,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from drivers.simulated import SimNetwork  # noqa: E402
+from tests.bench.common import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    machine,
+    percentile,
+    proc_status,
+    spawn,
+    wait_for,
+)
 
 PYTHON = sys.executable
 #: ``--gc-log``: the CLI (agent or hub), with every garbage-collector pass of 5 ms or more logged as a
@@ -77,18 +84,6 @@ from agent.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 PHASES = {"lat": "latency", "sus": "sustained", "max": "overload"}
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def runqueue_wait(pid: int) -> float:
@@ -98,37 +93,6 @@ def runqueue_wait(pid: int) -> float:
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += int((task / "schedstat").read_text().split()[1])
     return total / 1e9
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A ``kB`` field of ``/proc/<pid>/status`` (VmHWM, VmRSS) in kB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def machine() -> dict[str, str]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 @dataclass
@@ -163,46 +127,17 @@ class Bench:
     # -- processes
 
     def spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
-        log = (self.dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "agent", *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.dir,
-            start_new_session=True,
-        )
-        log.close()
+        proc = spawn([PYTHON, "-m", "agent", *argv], self.dir / f"{name}.log", self.dir)
         self.procs.append(proc)
         return proc
 
     def spawn_python(self, name: str, code: str, *argv: str) -> subprocess.Popen[bytes]:
-        log = (self.dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [PYTHON, "-c", code, *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        log.close()
+        proc = spawn([PYTHON, "-c", code, *argv], self.dir / f"{name}.log", ROOT)
         self.procs.append(proc)
         return proc
 
     def wait(self, what: str, check: Any, timeout: float, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
-                value = check()
-                if value:
-                    return value
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise SystemExit(f"a process died while waiting for {what}; see {self.dir}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"timed out waiting for {what}; see {self.dir}")
-            time.sleep(interval)
+        return wait_for(what, check, timeout, self.procs, self.dir, interval)
 
     def hub_seq(self) -> int:
         """Messages the hub has accepted so far (its arrival sequence number)."""
