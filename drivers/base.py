@@ -67,7 +67,10 @@ class SimInfo:
     iccid: str
     imsi: str | None = None
     number: str | None = None  # E.164 with "+", if the hardware knows it
-    number_source: str | None = None  # "cnum", "phonebook", "ussd", "gateway", ...
+    #: "cnum", "phonebook", "ussd", "gateway" (PROTOCOL.md section 3), or "cache": the number
+    #: came from ``DriverContext.cached_number``; the core then keeps the source it stored when
+    #: the number was first learnt (a "cache" never reaches the hub).
+    number_source: str | None = None
     operator: str | None = None
     mcc_mnc: str | None = None
     signal_dbm: int | None = None
