@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -288,8 +289,6 @@ class App:
             received.add_metric(labels, float(sim.sms_count))
             if sim.last_sms_at:
                 with suppress(ValueError):
-                    from datetime import datetime
-
                     last.add_metric(labels, datetime.fromisoformat(sim.last_sms_at).timestamp())
         up = gauge("vsim_device_up", "1 while the device works", ["device"])
         used = gauge("vsim_device_storage_used_messages", "SIM storage used", ["device", "port"])

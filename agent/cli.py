@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = s.get("last_sms_at")
         ago = None
         if last:
-            from datetime import datetime
-
             ago = _age(now - datetime.fromisoformat(last).timestamp()) + " ago"
         rows.append(
             [s["port"], s["sim_id"], s["number"], s["state"], s["signal_dbm"], s["sms_count"], ago]

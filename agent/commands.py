@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 import structlog
 
 from agent.backoff import Backoff
+from agent.config import E164
 from agent.core import Core
 from agent.hubclient import Ok, Permanent, Retry
 from agent.inventory import Sim
@@ -41,7 +41,6 @@ log = structlog.get_logger("agent.commands")
 COMMAND_TIMEOUT_S = 60.0
 SETTLE_S = 5.0  # how long a result waits for the driver's state event
 TYPES = ("enable", "disable", "forward", "unforward")
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
 class Commands:

@@ -30,6 +30,7 @@ from agent import logs
 from agent.app import App
 from agent.config import load_config
 from agent.hub import HubConfig, HubState, run_hub
+from agent.hub.customer_api import extract_code
 from drivers.simulated import SimNetwork
 
 CUSTOMER_KEY = "demo-customer"
@@ -247,7 +248,7 @@ class Demo:
             recent = sorted(self.hub_state.messages.values(), key=lambda m: m["received"])[-8:]
         for m in recent:
             body = m["body"]
-            code = _code(body["text"])
+            code = extract_code(body["text"])
             one = " ".join(body["text"].split())
             lines.append(
                 f"  {body['number'] or '?':<14} {body['from']:<9} {code or '-':<7} "
@@ -263,13 +264,6 @@ class Demo:
             f"{got} messages received by the hub, duplicates absorbed by id: "
             f"{self.hub_state.duplicates}"
         )
-
-
-def _code(text: str) -> str | None:
-    import re
-
-    m = re.search(r"(?<![0-9])[0-9]{4,8}(?![0-9])", text)
-    return m.group(0) if m else None
 
 
 def run_demo(*, duration: float | None, sims: int = 16, rate: float = 3.0) -> int:

@@ -33,6 +33,7 @@ from drivers.base import (
     DeviceUp,
     Driver,
     DriverContext,
+    DriverError,
     Event,
     SimGone,
     SimPresent,
@@ -386,6 +387,4 @@ def _reason(exc: BaseException) -> str:
 
 
 def _expected(exc: BaseException) -> bool:
-    from drivers.base import DriverError
-
     return isinstance(exc, DriverError | OSError | TimeoutError)

@@ -141,9 +141,10 @@ class Sender:
             accepted, rejected = parsed
             retry = self._unknown_sims(rows, rejected)
             answered = [r for r in rows if r.id in accepted or r.id in rejected]
+            answered_ids = {r.id for r in answered}
             # The cursor moves past the answered prefix only: an id the hub left out (or an
             # unknown-sim retry) is sent again, with what follows it.
-            first_open = next((r.seq for r in rows if r not in answered), None)
+            first_open = next((r.seq for r in rows if r.id not in answered_ids), None)
             self._cursor = (first_open - 1) if first_open is not None else rows[-1].seq
             await self._settle(answered, accepted, rejected)
             self._after_answer()
