@@ -102,6 +102,7 @@ class Commands:
         row = await self.core.store.call(self.core.store.store.command, cid)
         if row is not None and row.state == "done":
             # Seen before: never executed twice; its stored result is re-sent.
+            log.info("command repeated", command_id=cid)
             await self.core.store.call(
                 self.core.store.store.command_finish, cid, row.result or {}, now=time.time()
             )
