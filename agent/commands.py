@@ -188,7 +188,7 @@ class Commands:
                         "error": f"device {sim.device} is down; "
                         "the state will be applied when it reconnects",
                     }
-                await sup.driver.set_radio(sim.info.port, enabled)
+                await sup.driver.set_radio(sim.info, enabled)
                 # The driver reports the new radio state as an event: let the inventory catch
                 # up before the result states it (bounded; the next PUT /sims follows anyway).
                 await self._settle(
@@ -211,7 +211,7 @@ class Commands:
                         "error": f"device {sim.device} is down; "
                         "the state will be applied when it reconnects",
                     }
-                await sup.driver.set_forwarding(sim.info.port, target or None)
+                await sup.driver.set_forwarding(sim.info, target or None)
             core.inventory.set_error(sim_id, None)
             return {
                 "ok": True,

@@ -238,10 +238,10 @@ class DeviceSupervisor:
             return
         info = sim.info
         if sim.desired_enabled != info.radio_on and "radio" not in sim.applying:
-            self._apply(sim.iccid, "radio", driver.set_radio(info.port, sim.desired_enabled))
+            self._apply(sim.iccid, "radio", driver.set_radio(info, sim.desired_enabled))
         want = sim.desired_forward
         if want is not None and (want or None) != info.forward_to and "fwd" not in sim.applying:
-            self._apply(sim.iccid, "fwd", driver.set_forwarding(info.port, want or None))
+            self._apply(sim.iccid, "fwd", driver.set_forwarding(info, want or None))
 
     def _apply(self, iccid: str, what: str, coro: object) -> None:
         sim = self.core.inventory.sims[iccid]

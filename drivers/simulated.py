@@ -568,14 +568,14 @@ class SimulatedDriver(Driver):
         if self._waker is not None:
             self._waker.event.set()
 
-    async def set_radio(self, port: str, on: bool) -> None:
-        iccid = self._iccid(port)
+    async def set_radio(self, sim: SimInfo, on: bool) -> None:
+        iccid = self._iccid(sim.port)
         await asyncio.to_thread(self._require().set_sim, iccid, radio_on=on)
         if on:
             self._rescan.add(iccid)  # deliver what the network held while the radio was off
         await self._changed(iccid)
 
-    async def set_forwarding(self, port: str, to: str | None) -> None:
-        iccid = self._iccid(port)
+    async def set_forwarding(self, sim: SimInfo, to: str | None) -> None:
+        iccid = self._iccid(sim.port)
         await asyncio.to_thread(self._require().set_sim, iccid, forward_to=to, set_forward=True)
         await self._changed(iccid)

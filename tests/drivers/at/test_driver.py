@@ -18,6 +18,7 @@ from drivers.base import (
     DriverError,
     Encoding,
     SimGone,
+    SimInfo,
     SimPresent,
     SmsPart,
     UssdRecipe,
@@ -26,6 +27,11 @@ from tests.drivers.at.emu import WHEN, Harness, sms, until
 from tests.emulator import EmulatedModem, ModemServer, SimCard, ussd_pack_hex
 from tests.emulator.sim import StoredSms
 from tests.support.pdu_encoder import encode_status_report, split_message
+
+
+def at_port(port: str) -> SimInfo:
+    """The SimInfo an action addresses: the AT driver acts on the SIM's port."""
+    return SimInfo(port=port, iccid="")
 
 
 def loop_time() -> float:
@@ -277,12 +283,12 @@ async def test_radio_off_and_on(server: ModemServer, harness: Make, profile: str
     modem = EmulatedModem(profile)
     h = await harness([server.start_pty(modem)])
     await h.sim()
-    await h.driver.set_radio("pool/0", False)
+    await h.driver.set_radio(at_port("pool/0"), False)
     assert not modem.radio_on
     assert f"AT+CFUN={off}" in modem.commands()
     info = await h.wait(SimPresent, lambda e: not e.info.radio_on)
     assert not info.info.registered
-    await h.driver.set_radio("pool/0", True)
+    await h.driver.set_radio(at_port("pool/0"), True)
     assert modem.radio_on and modem.registered
     on = await h.wait_new(SimPresent, lambda e: e.info.radio_on and e.info.registered)
     assert on.info.port == "pool/0"
@@ -294,7 +300,7 @@ async def test_radio_state_is_reapplied_after_a_modem_reset(
     modem = EmulatedModem("ec25")
     h = await harness([server.start_pty(modem)])
     await h.sim()
-    await h.driver.set_radio("pool/0", False)
+    await h.driver.set_radio(at_port("pool/0"), False)
     modem.reset()  # boots with CFUN=1 and says RDY
     await until(lambda: modem.powered and modem.commands().count("AT+CFUN=4") == 2)
     assert not modem.radio_on
@@ -304,14 +310,14 @@ async def test_call_forwarding_set_and_cleared(server: ModemServer, harness: Mak
     modem = EmulatedModem("ec25")
     h = await harness([f"socket://127.0.0.1:{server.start_tcp(modem)}"])
     await h.sim()
-    await h.driver.set_forwarding("pool/0", "+79001112233")
+    await h.driver.set_forwarding(at_port("pool/0"), "+79001112233")
     sim = modem.sim
     assert sim is not None
     assert 'AT+CCFC=0,3,"+79001112233",145' in modem.commands()
     assert sim.forwarding[0].number == "+79001112233" and sim.forwarding[0].active
     info = await h.wait(SimPresent, lambda e: e.info.forward_to == "+79001112233")
     assert info.info.iccid == sim.iccid
-    await h.driver.set_forwarding("pool/0", None)
+    await h.driver.set_forwarding(at_port("pool/0"), None)
     assert "AT+CCFC=0,4" in modem.commands()
     assert 0 not in sim.forwarding or not sim.forwarding[0].active
     await h.wait(SimPresent, lambda e: e.info.forward_to is None and e.info.iccid == sim.iccid)
@@ -325,11 +331,11 @@ async def test_forwarding_refused_raises_command_error_with_the_modem_error(
     await h.sim()
     modem.cme_error("AT+CCFC", 30)
     with pytest.raises(CommandError, match=r"\+CME ERROR: 30 \(no network service\)"):
-        await h.driver.set_forwarding("pool/0", "+79001112233")
+        await h.driver.set_forwarding(at_port("pool/0"), "+79001112233")
     with pytest.raises(CommandError, match="no such port"):
-        await h.driver.set_forwarding("pool/9", None)
+        await h.driver.set_forwarding(at_port("pool/9"), None)
     with pytest.raises(CommandError, match="not a phone number"):
-        await h.driver.set_forwarding("pool/0", "12; rm -rf")
+        await h.driver.set_forwarding(at_port("pool/0"), "12; rm -rf")
 
 
 async def test_forwarding_waits_for_registration_then_gives_up(
@@ -340,7 +346,7 @@ async def test_forwarding_waits_for_registration_then_gives_up(
     await h.sim()
     modem.set_network(2)  # searching: no service
     with pytest.raises(CommandError, match="not registered"):
-        await h.driver.set_forwarding("pool/0", "+79001112233")
+        await h.driver.set_forwarding(at_port("pool/0"), "+79001112233")
     assert not any(c.startswith("AT+CCFC") for c in modem.commands())
 
 
