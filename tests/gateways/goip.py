@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -373,11 +374,13 @@ class EmulatedLine:
             self._send(f"ERROR {sendid} password error")
             return
         answer: str | None
+        effect: Callable[[], None] | None = None  # after the answer, as a module comes up
         if verb == "module_ctl_i" and len(args) == 2 and args[0] in ("1", "2"):
-            self.set_enabled(args[0] == "1")
             answer = f"module_ctl_i {sendid} ok"
+            effect = functools.partial(self.set_enabled, args[0] == "1")
         elif verb == "svr_reboot_module":
             answer = f"svr_reboot_module {sendid} ok"
+            effect = functools.partial(self.reboot, self.settings.reboot_s)
         elif verb == "get_gsm_num":
             answer = f"get_gsm_num {sendid} {self.number}"
         elif verb == "get_gsm_state":
@@ -391,8 +394,8 @@ class EmulatedLine:
         self.commands.append(verb)
         if answer is not None:
             self._send(answer)
-        if verb == "svr_reboot_module":
-            self.reboot(self.settings.reboot_s)
+        if effect is not None:
+            effect()
         self._poke()
 
     def _ussd(self, sendid: str, code: str) -> str:
