@@ -53,6 +53,7 @@ import collections
 import contextlib
 import dataclasses
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
@@ -104,6 +105,11 @@ class AckToken:
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, driver: GoipDriver) -> None:
         self.driver = driver
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.driver._datagram(data, (str(addr[0]), int(addr[1])))
@@ -130,6 +136,7 @@ class GoipDriver(Driver):
         self._by_port = {line.port: line for line in self._lines.values()}
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint: _Endpoint | None = None
         self._commands = Commands(self._sendto)
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,12 +158,17 @@ class GoipDriver(Driver):
                 self._remembered[line.id] = iccid
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(
+            transport, endpoint = await loop.create_datagram_endpoint(
                 lambda: _Endpoint(self), local_addr=(host, port)
             )
         except OSError as exc:
             raise DriverError(f"cannot listen on UDP {self.config.listen}: {exc}") from exc
-        self._transport = transport
+        self._transport, self._endpoint = transport, endpoint
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):  # best effort: the kernel caps it at rmem_max
+            # Room for a burst (every line's keepalive at once, a garbage flood) so a real
+            # datagram is not dropped in the kernel before we could read it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._queue = asyncio.Queue()
         self._commands = Commands(self._sendto)
         self._closed = False
@@ -166,16 +178,23 @@ class GoipDriver(Driver):
 
     async def close(self) -> None:
         self._commands.close()
-        tasks = [t for t in (self._watchdog, *self._tasks) if t is not None]
-        self._watchdog, self._tasks = None, set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        watchdog, self._watchdog = self._watchdog, None
+        tasks, self._tasks = self._tasks, set()
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        if tasks:  # ICCID writes to the store: short, and worth finishing
+            _done, late = await asyncio.wait(tasks, timeout=2.0)
+            for task in late:
+                task.cancel()
         transport, self._transport = self._transport, None
-        if transport is not None:
+        endpoint, self._endpoint = self._endpoint, None
+        if transport is not None and endpoint is not None:
             transport.close()
+            # The socket is released a loop turn later; wait, so a reconnect can bind again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(endpoint.closed), 2.0)
         for line in self._lines.values():
             line.online, line.info, line.last_seen, line.last_count = False, None, None, None
             line.gaps.clear()
