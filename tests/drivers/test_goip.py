@@ -419,3 +419,20 @@ async def test_sim_swap_and_remembered_iccid_after_restart(tmp_path: Path) -> No
         emu.close()
         await events.aclose()
         await driver.close()
+
+
+def test_agent_config_accepts_the_example_section(tmp_path: Path) -> None:
+    """The commented example in config.example.toml, uncommented, is a valid agent config."""
+    example = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    start = example.index('# name = "goip1"')
+    block = example[start : example.index("\n\n", start)]
+    device = "\n".join(line.removeprefix("# ") for line in block.splitlines())
+    toml = f'[upstream]\napi_key = "k"\n[agent]\nstate_dir = "{tmp_path}"\n[[devices]]\n{device}\n'
+    (tmp_path / "c.toml").write_text(toml)
+    from agent.config import load_config
+
+    cfg = load_config(tmp_path / "c.toml")
+    [dev] = cfg.devices
+    assert isinstance(dev.config, GoipConfig) and dev.driver_cls is GoipDriver
+    assert [line.id for line in dev.config.lines] == ["goip1-1", "goip1-2"]
+    assert "secret" not in repr(dev.config)
