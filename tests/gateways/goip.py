@@ -71,7 +71,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -504,6 +504,13 @@ async def _serve(args: argparse.Namespace) -> None:
 
     from tests.gateways.goip_control import control_app
 
+    class _QuietServer(uvicorn.Server):
+        """uvicorn without its own signal handling: SIGINT/SIGTERM stop the whole emulator."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     settings = Settings(
         server=args.server,
         seed=args.seed,
@@ -525,8 +532,7 @@ async def _serve(args: argparse.Namespace) -> None:
         access_log=False,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _QuietServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
