@@ -27,8 +27,9 @@ Mapping decisions:
   the line shows (not what we asked) lets the core re-apply a disable the GoIP lost.
 
 Liveness: a line is offline when silent for 3 of its keepalive periods.  The period is
-observed: the smallest of the last few gaps between keepalives (a lost keepalive or a reboot
-only lengthens one gap), 30 s (A.2) until two keepalives were seen.
+observed: the gap between keepalives divided by the step of their ``$count`` (so lost
+keepalives do not stretch it, and duplicates or a reboot do not shrink it), the smallest of the
+last few, 30 s (A.2) until two keepalives were seen.
 """
 
 from __future__ import annotations
@@ -126,14 +127,18 @@ class Line:
         return self.last_seen + SILENT_PERIODS * self.period()
 
     def heard(self, now: float, count: str) -> bool:
-        """Note a valid keepalive; True if the line restarted (its count went back)."""
-        if self.last_seen is not None:
-            self.gaps.append(now - self.last_seen)
-        self.last_seen = now
+        """Note a valid keepalive; True if the line restarted (its count went back).
+
+        ``$count`` grows by 1 per keepalive sent (A.2), so the gap divided by the count's
+        step is one period even when keepalives in between were lost; a repeated count (a
+        duplicated datagram) or a count that went back (a reboot) teaches nothing.
+        """
         n = int(count)
-        rebooted = self.last_count is not None and n < self.last_count
-        self.last_count = n
-        return rebooted
+        last, self.last_count = self.last_count, n
+        if self.last_seen is not None and last is not None and n > last:
+            self.gaps.append((now - self.last_seen) / (n - last))
+        self.last_seen = now
+        return last is not None and n < last
 
     def sim_info(self, fields: dict[str, str]) -> SimInfo | None:
         """The SimInfo a keepalive describes, or None without a usable ICCID."""

@@ -436,3 +436,20 @@ def test_agent_config_accepts_the_example_section(tmp_path: Path) -> None:
     assert isinstance(dev.config, GoipConfig) and dev.driver_cls is GoipDriver
     assert [line.id for line in dev.config.lines] == ["goip1-1", "goip1-2"]
     assert "secret" not in repr(dev.config)
+
+
+async def test_duplicated_datagrams_are_one_message_and_keep_the_period(tmp_path: Path) -> None:
+    async with rig(
+        tmp_path, lines=1, keepalive_s=0.1, faults={0: {"duplicate": True}}, max_retransmits=0
+    ) as r:
+        await r.present(0)
+        line = r.emu.lines[0]
+        line.deliver("+7900", "once")
+        a = await r.events.next(SmsPart)
+        b = await r.events.next(SmsPart)
+        assert a.raw == b.raw
+        # Duplicated keepalives (same $count) must not shrink the observed period: the line
+        # stays online across many periods.
+        await r.emu.wait_for(lambda: line.count >= 10)
+        assert r.driver._lines["goip01"].period() >= 0.09
+        assert not [e for e in r.events.seen if isinstance(e, SimPresent) and not e.info.registered]
