@@ -12,7 +12,9 @@ Behaviour, per line:
   signal-only change is a ``signal_dbm`` DeviceStat, as the AT driver does, so signal jitter
   does not churn the store).  A line silent for 3 of its observed keepalive periods (30 s
   until observed) is reported ``registered=False`` (offline) and is back with its next
-  keepalive.  A new ICCID on a line reports the old SIM gone first.
+  keepalive.  When every line heard is silent, the device is reported down (the gateway is off
+  or cut off) and up again with the first line back.  A new ICCID on a line reports the old
+  SIM gone first.
 * Authentication on every datagram: an unknown id or a wrong password is refused (a keepalive
   gets no answer, as A.2 prescribes; a push gets ``KIND $recvid ERROR authentication failed``,
   the error form A.4 offers, so the GoIP stops retransmitting instead of retrying a password
@@ -64,6 +66,7 @@ import structlog
 from drivers.base import (
     Capability,
     CommandError,
+    DeviceDown,
     DeviceStat,
     DeviceUp,
     Driver,
@@ -147,6 +150,7 @@ class GoipDriver(Driver):
         self._dropped_reported = 0
         self._noise_logged = -NOISE_LOG_S
         self._closed = True
+        self._device_up = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,6 +176,7 @@ class GoipDriver(Driver):
         self._queue = asyncio.Queue()
         self._commands = Commands(self._sendto)
         self._closed = False
+        self._device_up = True
         self._watchdog = asyncio.create_task(self._watch(), name=f"device:{self.name}:goip")
         bound = transport.get_extra_info("sockname")
         self._emit(DeviceUp(f"listening on UDP {bound[0]}:{bound[1]}, {len(self._lines)} lines"))
@@ -316,6 +321,9 @@ class GoipDriver(Driver):
             self._remembered[line.id] = info.iccid
             self._spawn(self._remember(line.id, info.iccid), "remember")
         line.iccid, line.online = info.iccid, True
+        if not self._device_up:
+            self._device_up = True
+            self._emit(DeviceUp(f"line {line.id} is back"))
         self._report(line, info)
 
     async def _remember(self, line_id: str, iccid: str) -> None:
@@ -412,6 +420,10 @@ class GoipDriver(Driver):
         )
         if line.info is not None:
             self._report(line, dataclasses.replace(line.info, registered=False, signal_dbm=None))
+        if self._device_up and not any(x.online for x in self._lines.values()):
+            # Every line that was heard is silent: the gateway itself is off or cut off.
+            self._device_up = False
+            self._emit(DeviceDown(f"no keepalive from any line of {self.name}"))
 
     # ------------------------------------------------------------------ actions
 

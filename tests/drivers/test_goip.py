@@ -23,6 +23,7 @@ from drivers import resolve
 from drivers.base import (
     Capability,
     CommandError,
+    DeviceDown,
     DeviceStat,
     DeviceUp,
     DriverContext,
@@ -453,3 +454,16 @@ async def test_duplicated_datagrams_are_one_message_and_keep_the_period(tmp_path
         await r.emu.wait_for(lambda: line.count >= 10)
         assert r.driver._lines["goip01"].period() >= 0.09
         assert not [e for e in r.events.seen if isinstance(e, SimPresent) and not e.info.registered]
+
+
+async def test_device_down_when_every_line_is_silent(tmp_path: Path) -> None:
+    async with rig(tmp_path, lines=2, keepalive_s=0.1) as r:
+        await r.present(0)
+        await r.present(1)
+        await r.emu.wait_for(lambda: all(line.keepalive_acks >= 2 for line in r.emu.lines))
+        for line in r.emu.lines:
+            line.reboot(1.0)
+        down = await r.events.next(DeviceDown, timeout=3)
+        assert "no keepalive from any line" in down.reason
+        up = await r.events.next(DeviceUp, timeout=3)
+        assert "is back" in up.detail
