@@ -46,6 +46,13 @@ Behaviour, per line:
   garbage costs one bounded parse and a counter (logged at most once a minute, exported as
   ``datagrams_dropped``); SMS beyond :data:`MAX_QUEUED` waiting for the core are not acked
   (the GoIP's retransmission is the backpressure).
+
+Limits of the protocol (not of this driver): the GoIP gives up on a RECEIVE after 3
+retransmissions, about 12 s (A.4), so an SMS pushed while the agent is down longer than that
+stays only in the GoIP's web inbox (section 2.6, not a reliable source); keep restarts short.
+Whether ``disable_status`` mirrors ``module_ctl_i`` and whether the module state survives a
+GoIP reboot are unverified (research section 11): the driver reports what keepalives show, and
+the core re-applies the desired state when they disagree.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ What one emulated line does (the GoIP is the UDP *client*, section 2.1):
   (refused), at most ``max_retransmits`` times (vendor: 3; -1: until answered); after that the
   line gives up on it (``gave_up``), as the GoIP does;
 * it answers commands sent to its port (A.5): ``module_ctl_i`` (1 enable / 2 disable ->
-  ``module_ctl_i $sendid ok``), ``svr_reboot_module`` (ok, then a reboot), ``get_gsm_num``,
+  ``module_ctl_i $sendid ok``), ``module_ctl`` (one digit per line of the box: 1 enable,
+  0 disable, 2 unchanged), ``svr_reboot_module`` (ok, then a reboot), ``get_gsm_num``,
   ``get_gsm_state``, ``USSD`` (``*100#`` balance, ``*111#`` own number, anything else "unknown
   code"; ``USSDERROR`` while the module is disabled), ``USSDEXIT`` (no reply); a wrong password
   -> ``ERROR $sendid password error``; an unknown command -> ``ERROR $sendid unknown command``.
@@ -164,6 +165,8 @@ class EmulatedLine:
     transport: asyncio.DatagramTransport | None = None
     #: Called on every state change (the emulator wakes whoever waits for a condition).
     notify: Callable[[], None] = lambda: None
+    #: Every line of the same GoIP (``module_ctl`` addresses them all at once, A.5).
+    box: list[EmulatedLine] = field(default_factory=list, repr=False)
     _keepalive: asyncio.Task[None] | None = None
     _booting: asyncio.Task[None] | None = None
     _timers: dict[int, asyncio.Task[None]] = field(default_factory=dict)
@@ -378,6 +381,9 @@ class EmulatedLine:
         if verb == "module_ctl_i" and len(args) == 2 and args[0] in ("1", "2"):
             answer = f"module_ctl_i {sendid} ok"
             effect = functools.partial(self.set_enabled, args[0] == "1")
+        elif verb == "module_ctl" and len(args) == 2 and set(args[0]) <= {"0", "1", "2"}:
+            answer = f"module_ctl {sendid} ok"
+            effect = functools.partial(self._module_ctl_all, args[0])
         elif verb == "svr_reboot_module":
             answer = f"svr_reboot_module {sendid} ok"
             effect = functools.partial(self.reboot, self.settings.reboot_s)
@@ -397,6 +403,12 @@ class EmulatedLine:
         if effect is not None:
             effect()
         self._poke()
+
+    def _module_ctl_all(self, digits: str) -> None:
+        """One digit per channel: 1 enable, 0 disable, 2 unchanged (A.5)."""
+        for line, digit in zip(self.box, digits, strict=False):
+            if digit != "2":
+                line.set_enabled(digit == "1")
 
     def _ussd(self, sendid: str, code: str) -> str:
         if not self.enabled:
@@ -444,6 +456,7 @@ class GoipEmulator:
         self._changed = asyncio.Event()
         for line in self.lines:
             line.notify = self._notify
+            line.box = self.lines
 
     def _notify(self) -> None:
         self._changed.set()

@@ -157,6 +157,9 @@ async def test_module_control_holds_and_releases_sms(server: Server) -> None:
         server.send("frobnicate 46 secret", addr)
         assert (await server.next("ERROR"))[0] == "ERROR 46 unknown command"
         assert line.enabled
+        server.send("module_ctl 47 0 secret", addr)
+        assert (await server.next("module_ctl "))[0] == "module_ctl 47 ok"
+        await emu.wait_for(lambda: not line.enabled)
 
 
 async def test_no_answer_and_wrong_password_faults(server: Server) -> None:
