@@ -45,7 +45,7 @@ Standalone (the coordinator's end-to-end tests and benchmark)::
 
     python -m tests.gateways.goip --server 127.0.0.1:44444 --lines 64 --control 127.0.0.1:8791 \
         [--seed 1] [--id-prefix goip] [--password secret] [--keepalive 30] [--retransmit 3] \
-        [--max-retransmits 3] [--loss 0.0] [--duplicate] [--bind 127.0.0.1]
+        [--max-retransmits 3] [--loss 0.0] [--duplicate] [--reboot-s 5] [--bind 127.0.0.1]
 
 Line ``i`` (0-based) has id ``<id-prefix><i+1:02d>`` (``goip01`` ...).  Once serving it prints one
 JSON line to stdout, ``{"control": "http://HOST:PORT", "lines": [{"index", "id", "iccid",
