@@ -332,3 +332,178 @@ def test_agent_id_must_be_visible_ascii(tmp_path: Path, value: str, problem: str
     assert f"{path}: agent.id: {problem}" in refused(path)
     env_text = refused(write(tmp_path, BASE), {"VSIM_AGENT__ID": value})
     assert env_text.startswith(f"VSIM_AGENT__ID: agent.id: {problem}")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("x = " + "[" * 5000 + "]" * 5000, "not valid TOML: nested too deeply"),
+        ("x = " + "{a = " * 5000 + "1" + "}" * 5000, "not valid TOML: nested too deeply"),
+        ("[" + ".".join(["a"] * 5000) + "]", "a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a: nested deeper"),
+    ],
+)
+def test_5000_level_nesting_is_an_error_not_a_traceback(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = write(tmp_path, BASE + text + "\n")
+    out = refused(path)
+    assert out.startswith(f"{path}: ")
+    assert problem in out
+    assert len(out) < 500
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("VSIM_UPSTREAM", "{", "VSIM_UPSTREAM: must be a JSON object of upstream keys; not valid"),
+        ("VSIM_UPSTREAM", "[1]", "VSIM_UPSTREAM: must be a JSON object of upstream keys, not a"),
+        ("VSIM_DEVICES", "notjson", "VSIM_DEVICES: must be a JSON array of tables; not valid JSON"),
+        ("VSIM_DEVICES", '{"name": "a"}', "VSIM_DEVICES: must be a JSON array of tables, not a"),
+        ("VSIM_SIMS", "[" * 5000 + "]" * 5000, "VSIM_SIMS: must be a JSON array of tables; it is"),
+        ("VSIM_DEVICES", "[" * 100 + "]" * 100, "VSIM_DEVICES: nested deeper than 16 levels"),
+        ("VSIM_NOPE__X", "1", "VSIM_NOPE__X: not a config variable: no section 'nope'"),
+        ("VSIM_UPSTREM__URL", "http://x", "VSIM_UPSTREM__URL: not a config variable"),
+        ("VSIM_DEVICES__0__NAME", "a", "VSIM_DEVICES__0__NAME: devices is a list of tables"),
+        ("VSIM_UPSTREAM__", "x", "VSIM_UPSTREAM__: names no key"),
+        ("VSIM_UPSTREAM__NOPE", "x", "VSIM_UPSTREAM__NOPE: upstream.nope: unknown key"),
+        (
+            "VSIM_UPSTREAM__HEARTBEAT_S",
+            "often",
+            "VSIM_UPSTREAM__HEARTBEAT_S: upstream.heartbeat_s:",
+        ),
+        ("VSIM_UPSTREAM__TIMEOUT_S", "inf", "VSIM_UPSTREAM__TIMEOUT_S: upstream.timeout_s: Input "),
+        ("VSIM_UPSTREAM__TIMEOUT_S", "nan", "VSIM_UPSTREAM__TIMEOUT_S: upstream.timeout_s: Input "),
+        ("VSIM_UPSTREAM", '{"batch_max": 0}', "VSIM_UPSTREAM: upstream.batch_max: Input should be"),
+        ("VSIM_LOG__LEVEL", "loud", "VSIM_LOG__LEVEL: log.level: Input should be"),
+        (
+            "VSIM_DEVICES",
+            '[{"name": "a", "driver": "simulated", "sims": 0}]',
+            "VSIM_DEVICES: devices[0].sims: Input should be",
+        ),
+        (
+            "VSIM_DEVICES",
+            '[{"name": "a", "driver": "simulated", "poll_ms": "inf"}]',
+            "VSIM_DEVICES: devices[0].poll_ms: Input should be a finite number",
+        ),
+    ],
+)
+def test_environment_errors_name_the_variable_not_the_file(
+    tmp_path: Path, var: str, value: str, expected: str
+) -> None:
+    path = write(tmp_path, BASE)
+    out = refused(path, {var: value, "PATH": "/usr/bin"})
+    assert out.startswith(expected), out
+    assert str(path) not in out
+    assert len(out) < 500
+
+
+def test_environment_overrides_merge_and_whitelist(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    env = {
+        "VSIM_UPSTREAM": '{"heartbeat_s": 7, "batch_max": 5}',
+        "vsim_upstream__batch_max": "9",  # per-key beats the section's JSON; any case
+        "VSIM_DEVICES": '[{"name": "e", "driver": "simulated", "sims": 2}]',
+        "VSIM_LOG__SHOW_CONTENT": "true",
+        # Not configuration: a test seam and the network-tests switch.
+        "VSIM_DEBUG_WEDGE": "sender",
+        "VSIM_NETWORK_TESTS": "1",
+    }
+    cfg = load_config(path, environ=env)
+    assert cfg.upstream.heartbeat_s == 7
+    assert cfg.upstream.batch_max == 9
+    assert cfg.api_key.get_secret_value() == "k-123"  # the file's key survives the JSON section
+    assert [(d.name, d.config.driver) for d in cfg.devices] == [("e", "simulated")]
+    assert cfg.settings.log.show_content is True
+
+
+def test_file_errors_still_name_the_file_when_the_environment_sets_other_keys(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, BASE.replace('api_key = "k-123"', 'api_key = "k-123"\ntimeout_s = 0'))
+    out = refused(path, {"VSIM_UPSTREAM__HEARTBEAT_S": "5", "VSIM_UPSTREAM": '{"batch_max": 3}'})
+    assert out.startswith(f"{path}: upstream.timeout_s: Input should be greater than or equal")
+
+
+TEN_MB = "x" * 10_000_000
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f'level = "{TEN_MB}"', "log.level: Input should be"),
+        (f'{TEN_MB} = "info"', "log.xxxxxxxxxx"),
+        (f'format = "json"\n[admin]\nlisten = "{TEN_MB}"', "admin.listen: "),
+        (f'format = "json"\n[[devices]]\nname = "a"\ndriver = "{TEN_MB}"', "devices[0].driver: "),
+        (f'format = "json"\n[agent2]\n{TEN_MB} = 1', ": unknown key"),
+    ],
+)
+def test_a_10_mb_value_is_not_echoed(tmp_path: Path, line: str, expected: str) -> None:
+    path = write(tmp_path, BASE + "[log]\n" + line + "\n")
+    out = refused(path)
+    assert expected in out
+    assert len(out) < 1000
+
+
+def test_many_errors_are_capped(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "".join(f"\n[[sims]]\niccid = '{i}'\n" for i in range(500)))
+    out = refused(path)
+    assert out.count("\n") <= 41
+    assert out.endswith("... and 460 more errors")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("timeout_s = inf", "upstream.timeout_s: Input should be a finite number"),
+        ("timeout_s = nan", "upstream.timeout_s: Input should be a finite number"),
+        ("timeout_s = -inf", "upstream.timeout_s: Input should be a finite number"),
+        ("timeout_s = -1", "upstream.timeout_s: Input should be greater than or equal to 0.1"),
+        ("timeout_s = 0", "upstream.timeout_s: Input should be greater than or equal to 0.1"),
+        ("timeout_s = 1e9", "upstream.timeout_s: Input should be less than or equal to 3600"),
+        ("heartbeat_s = 1e-9", "upstream.heartbeat_s: Input should be greater than or equal to 1"),
+        ("heartbeat_s = 1e308", "upstream.heartbeat_s: Input should be less than or equal"),
+        ("auth_retry_s = inf", "upstream.auth_retry_s: Input should be a finite number"),
+        ("backoff_max_s = 1e6", "upstream.backoff_max_s: Input should be less than or equal"),
+        ("batch_max = inf", "upstream.batch_max"),
+    ],
+)
+def test_numbers_must_be_finite_and_bounded(tmp_path: Path, line: str, expected: str) -> None:
+    path = write(tmp_path, BASE + line + "\n")
+    assert f"{path}: {expected}" in refused(path)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:99999/agent/v1", "upstream.url: not a usable URL"),
+        ("http://127.0.0.1:8780/a b", "upstream.url: contains whitespace"),
+        ("http://[::1/agent/v1", "upstream.url: "),
+    ],
+)
+def test_urls_the_client_would_refuse_are_refused_at_load(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    path = write(tmp_path, BASE.replace("http://127.0.0.1:8780/agent/v1", url))
+    assert f"{path}: {expected}" in refused(path)
+
+
+def test_nonfinite_numbers_elsewhere(tmp_path: Path) -> None:
+    reassembly = write(tmp_path, BASE.replace('id = "t"', 'id = "t"\nreassembly_timeout_s = inf'))
+    assert "agent.reassembly_timeout_s: Input should be a finite number" in refused(reassembly)
+    device = write(tmp_path, BASE + '[[devices]]\nname = "a"\ndriver = "simulated"\npoll_ms = nan')
+    assert f"{device}: devices[0].poll_ms: Input should be a finite number" in refused(device)
+
+
+def test_nul_characters_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace('state_dir = "{state}"', 'state_dir = "/var/\\u0000lib"'))
+    assert f"{path}: agent.state_dir: contains a NUL character" in refused(path)
+
+
+def test_unusable_ca_file_is_refused_by_check_too(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    path = write(tmp_path, BASE + f'ca_file = "{ca}"\n')
+    out = refused(path)
+    assert f"{path}: upstream.ca_file: {ca} is not a usable CA bundle" in out
+    with pytest.raises(ConfigError, match="upstream.ca_file"):
+        load_config(path, environ=NO_ENV, require_key=False)
