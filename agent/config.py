@@ -52,7 +52,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from urllib.parse import urlsplit
 
 import httpx
@@ -154,7 +154,11 @@ class AdminSection(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        split_listen(v)
+        host, _port = split_listen(v)
+        # The admin server binds this at start; a host that is neither an address nor a
+        # plausible name would only fail there, after check said OK.
+        if not _is_ip(host) and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host):
+            raise ValueError(f"{shown(host)} is neither an IP address nor a host name")
         return v
 
 
@@ -204,9 +208,9 @@ class Settings(_Section):
     number_discovery: list[NumberDiscovery] = Field(default_factory=list)
 
 
-#: Sections written as TOML tables, and as arrays of tables (for :mod:`agent.config_env`).
-TABLES = frozenset({"agent", "upstream", "admin", "log"})
-LISTS = frozenset({"devices", "sims", "number_discovery"})
+#: Sections written as arrays of tables, and as tables (for :mod:`agent.config_env`).
+LISTS = frozenset(n for n, f in Settings.model_fields.items() if get_origin(f.annotation) is list)
+TABLES = frozenset(Settings.model_fields) - LISTS
 
 
 @dataclass(slots=True)
@@ -336,6 +340,14 @@ def _secret(
     if cred_dir and (Path(cred_dir) / name).exists():
         return _read_secret(Path(cred_dir) / name, "$CREDENTIALS_DIRECTORY", f"credential {name}")
     return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

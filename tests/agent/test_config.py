@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.config import ConfigError, load_config
+from agent.config_rules import MAX_LINES
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """
@@ -507,3 +511,68 @@ def test_unusable_ca_file_is_refused_by_check_too(tmp_path: Path) -> None:
     assert f"{path}: upstream.ca_file: {ca} is not a usable CA bundle" in out
     with pytest.raises(ConfigError, match="upstream.ca_file"):
         load_config(path, environ=NO_ENV, require_key=False)
+
+
+SECTIONS = ["agent", "upstream", "admin", "log", "devices", "sims", "number_discovery", "nope"]
+KEYS = ["id", "url", "api_key", "api_key_file", "timeout_s", "listen", "level", "name", "driver"]
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.sampled_from(["simulated", "at", "sk-key ", "127.0.0.1:1", "http://127.0.0.1/x"])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.dictionaries(st.sampled_from(SECTIONS), VALUES, max_size=5),
+    environ=st.dictionaries(
+        st.builds(
+            lambda s, k: f"VSIM_{s.upper()}{'__' + k.upper() if k else ''}",
+            st.sampled_from(SECTIONS),
+            st.sampled_from(["", *KEYS]),
+        ),
+        st.text(max_size=12).filter(lambda v: "\x00" not in v)
+        | st.sampled_from(["{", "[]", '{"id": "x"}', "inf", '[{"name": "a"}]']),
+        max_size=3,
+    ),
+)
+def test_any_input_is_a_config_or_a_config_error(
+    data: dict[str, Any], environ: dict[str, str]
+) -> None:
+    """Whatever the data and the environment, loading gives a Config or a ConfigError (exit 2),
+    never another exception (a traceback, exit 1)."""
+    try:
+        load_config(None, data=data, environ=environ, require_key=False)
+    except ConfigError as exc:
+        assert len(str(exc)) < (MAX_LINES + 1) * 420
+
+
+@pytest.mark.parametrize(
+    ("listen", "ok"),
+    [
+        ("127.0.0.1:9108", True),
+        ("[::1]:9108", True),
+        ("localhost:0", True),
+        ("admin.farm-3.example:9108", True),
+        ("хост:9108", False),
+        ("a b:9108", False),
+        ("127.0.0.1:65536", False),
+    ],
+)
+def test_admin_listen_must_be_bindable_in_form(tmp_path: Path, listen: str, ok: bool) -> None:
+    path = write(tmp_path, BASE + f"[admin]\nlisten = {toml_str(listen)}\n")
+    if ok:
+        assert load_config(path, environ=NO_ENV).settings.admin.listen == listen
+    else:
+        assert f"{path}: admin.listen: " in refused(path)
