@@ -327,7 +327,10 @@ def _read_secret(path: Path, where: str, key: str) -> SecretStr:
 
 
 def _secret(
-    up: UpstreamSection, name: Literal["api_key", "signing_secret"], where: Where
+    up: UpstreamSection,
+    name: Literal["api_key", "signing_secret"],
+    where: Where,
+    environ: Mapping[str, str],
 ) -> SecretStr | None:
     direct: SecretStr | None = getattr(up, name)
     file: Path | None = getattr(up, f"{name}_file")
@@ -336,7 +339,7 @@ def _secret(
     if file is not None:
         loc = ("upstream", f"{name}_file")
         return _read_secret(file, where(loc), _loc(loc))
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir and (Path(cred_dir) / name).exists():
         return _read_secret(Path(cred_dir) / name, "$CREDENTIALS_DIRECTORY", f"credential {name}")
     return None
@@ -433,7 +436,8 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Read, validate and resolve a config file (or an in-memory dict when ``data`` is given),
-    with the ``VSIM_*`` overrides of ``environ`` (default: the process environment) on top.
+    with the ``VSIM_*`` overrides of ``environ`` (default: the process environment) on top;
+    ``$CREDENTIALS_DIRECTORY`` is looked up there too.
 
     ``require_key=False`` (``vsim-agent check``) turns a missing API key into a warning: an
     operator checks the file outside systemd, where ``LoadCredential`` is not there.  Every
@@ -444,7 +448,9 @@ def load_config(
         if path is None:
             raise ConfigError("no config file given")
         data = _parse_file(path, file_where)
-    env = read_env(os.environ if environ is None else environ, TABLES, LISTS)
+    if environ is None:
+        environ = os.environ
+    env = read_env(environ, TABLES, LISTS)
     if env.errors:
         raise ConfigError(limit_lines(env.errors))
 
@@ -473,14 +479,14 @@ def load_config(
         raise ConfigError(limit_lines(errors))
 
     up = settings.upstream
-    api_key = _secret(up, "api_key", where)
+    api_key = _secret(up, "api_key", where, environ)
     missing_key = (
         f"{file_where}: upstream.api_key: required (set api_key, api_key_file, or systemd "
         "LoadCredential=api_key:...)"
     )
     if api_key is None and require_key:
         raise ConfigError(missing_key)
-    signing = _secret(up, "signing_secret", where)
+    signing = _secret(up, "signing_secret", where, environ)
     cfg_out = Config(path, settings, devices, api_key or SecretStr(""), signing)
     if api_key is None:
         cfg_out.warnings.append(

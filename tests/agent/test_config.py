@@ -254,19 +254,17 @@ def test_key_file_surrounding_whitespace_is_stripped(tmp_path: Path, content: st
     assert cfg.signing_secret.get_secret_value() == "whsec-live-" + SECRET_PART
 
 
-def test_credential_with_trailing_newline_works(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_credential_with_trailing_newline_works(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "api_key").write_text(SECRET + "\n")
     (creds / "signing_secret").write_text("whsec 1\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
     path = with_upstream(tmp_path, "")
     with pytest.raises(ConfigError, match=r"credential signing_secret: .* contains whitespace"):
-        load_config(path, environ=NO_ENV)
+        load_config(path, environ=env)
     (creds / "signing_secret").write_text("whsec-1\n")
-    assert load_config(path, environ=NO_ENV).api_key.get_secret_value() == SECRET
+    assert load_config(path, environ=env).api_key.get_secret_value() == SECRET
 
 
 @pytest.mark.parametrize(
