@@ -270,8 +270,9 @@ Where = Callable[[tuple[int | str, ...]], str]
 
 
 def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    # Also a driver's credentials (e.g. a gateway line's ``password``).
     last = str(loc[-1]).lower() if loc else ""
-    return "key" in last or "secret" in last
+    return any(word in last for word in ("key", "secret", "password", "token"))
 
 
 def _format(where: Where, exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:

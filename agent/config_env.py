@@ -26,8 +26,10 @@ from agent.config_rules import cut, structure_problem
 
 PREFIX = "VSIM_"
 #: ``VSIM_*`` variables that are not config keys: a test seam read by the sender
-#: (``agent/uplink.py``) and the switch of the network tests (``tests/test_install.py``).
-NOT_CONFIG = frozenset({"VSIM_DEBUG_WEDGE", "VSIM_NETWORK_TESTS"})
+#: (``agent/uplink.py``), the switch of the network tests (``tests/test_install.py``) and the
+#: soak size of the PDU differential test (``tests/drivers/at/test_pdu_gsmmodem.py``), which
+#: may be set for a whole test run that loads configs in-process.
+NOT_CONFIG = frozenset({"VSIM_DEBUG_WEDGE", "VSIM_NETWORK_TESTS", "VSIM_DIFF_EXAMPLES"})
 
 
 @dataclass(slots=True)

@@ -409,6 +409,7 @@ def test_environment_overrides_merge_and_whitelist(tmp_path: Path) -> None:
         # Not configuration: a test seam and the network-tests switch.
         "VSIM_DEBUG_WEDGE": "sender",
         "VSIM_NETWORK_TESTS": "1",
+        "VSIM_DIFF_EXAMPLES": "1000",
     }
     cfg = load_config(path, environ=env)
     assert cfg.upstream.heartbeat_s == 7
@@ -574,3 +575,20 @@ def test_admin_listen_must_be_bindable_in_form(tmp_path: Path, listen: str, ok: 
         assert load_config(path, environ=NO_ENV).settings.admin.listen == listen
     else:
         assert f"{path}: admin.listen: " in refused(path)
+
+
+def test_driver_credentials_are_not_echoed_in_type_errors() -> None:
+    """A device key named like a credential is masked like the API key (drivers own the
+    models; this is the formatting rule they all go through)."""
+    from pydantic import BaseModel, ValidationError
+
+    from agent.config import _format
+
+    class Line(BaseModel):
+        password: int
+
+    with pytest.raises(ValidationError) as err:
+        Line.model_validate({"password": "hunter2-" + SECRET_PART})
+    lines = _format(lambda loc: "f.toml", err.value, ("devices", 0))
+    assert lines[0].startswith("f.toml: devices[0].password: Input should be a valid integer")
+    assert SECRET_PART not in lines[0]
