@@ -230,7 +230,8 @@ class DriverContext:
 class DriverConfig(BaseModel):
     """Base of every driver's ``[[devices]]`` table.  Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: ``poll_s = inf`` passes ``gt=0`` and would wedge a loop silently.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     driver: str
