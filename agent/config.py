@@ -203,7 +203,9 @@ class Settings(_Section):
     upstream: UpstreamSection = Field(default_factory=lambda: UpstreamSection())
     admin: AdminSection = Field(default_factory=lambda: AdminSection())
     log: LogSection = Field(default_factory=lambda: LogSection())
-    devices: list[dict[str, Any]] = Field(default_factory=list)
+    #: Raw tables, validated by each driver's model; kept out of repr() because they carry
+    #: device credentials (gateway passwords) in clear (DESIGN.md invariant 8).
+    devices: list[dict[str, Any]] = Field(default_factory=list, repr=False)
     sims: list[SimOverride] = Field(default_factory=list)
     number_discovery: list[NumberDiscovery] = Field(default_factory=list)
 

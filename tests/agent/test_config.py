@@ -592,3 +592,24 @@ def test_driver_credentials_are_not_echoed_in_type_errors() -> None:
     lines = _format(lambda loc: "f.toml", err.value, ("devices", 0))
     assert lines[0].startswith("f.toml: devices[0].password: Input should be a valid integer")
     assert SECRET_PART not in lines[0]
+
+
+def test_device_credentials_are_not_in_the_config_repr() -> None:
+    """Invariant 8: a gateway line's password never shows in repr() of the loaded config (a
+    log line or a traceback that prints the config must not carry it)."""
+    cfg = load_config(
+        None,
+        data={
+            "upstream": {"api_key": "k"},
+            "devices": [
+                {
+                    "name": "g",
+                    "driver": "goip",
+                    "listen": "127.0.0.1:0",
+                    "lines": [{"id": "a", "password": "supersecret-line-pw"}],
+                }
+            ],
+        },
+    )
+    assert "supersecret-line-pw" not in repr(cfg)
+    assert "supersecret-line-pw" not in repr(cfg.devices)
