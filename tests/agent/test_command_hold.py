@@ -16,7 +16,7 @@ from agent import commands
 from drivers.simulated import SimNetwork
 from tests.agent.test_app import agent, hub, until
 
-HOLD_S = 4.0
+HOLD_S = 6.0
 
 
 def devices(bank_sims: int) -> list[dict[str, Any]]:
