@@ -175,9 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     online = sum(1 for s in st["sims"] if s["state"] == "online")
     standby = sum(1 for s in st["sims"] if s["state"] == "standby")
-    print(
-        f"\n{online}/{len(st['sims'])} SIMs online" + (f", {standby} standby" if standby else "")
-    )
+    print(f"\n{online}/{len(st['sims'])} SIMs online" + (f", {standby} standby" if standby else ""))
     return 0
 
 

@@ -152,12 +152,14 @@ class DeviceSupervisor:
         beat = f"device:{self.name}"
         events = aiter(driver.events())
         pending: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
-        connected = time.monotonic()
+        connected = last_inventory = time.monotonic()
         try:
             while True:
                 self.core.beat(beat)
                 # Until the device is "settled", wait only briefly: the first pause in its
-                # event stream after connecting marks the end of its initial inventory.
+                # inventory events (SIMs, up/down) after connecting marks the end of its initial
+                # inventory.  SMS and stats do not count: a restart under steady traffic would
+                # otherwise wait out SETTLE_MAX_S before the first PUT /sims.
                 settling = not self.first_attempt.is_set()
                 done, _ = await asyncio.wait(
                     {pending}, timeout=SETTLE_QUIET_S if settling else DEVICE_BEAT_S
@@ -171,8 +173,14 @@ class DeviceSupervisor:
                 except StopAsyncIteration:
                     return
                 await self._handle(event)
-                if settling and time.monotonic() - connected > SETTLE_MAX_S:
-                    self._settled(connected)
+                if settling:
+                    now = time.monotonic()
+                    if not isinstance(event, SmsPart | DeviceStat):
+                        last_inventory = now
+                    elif self.up and now - last_inventory > SETTLE_QUIET_S:
+                        self._settled(connected)
+                    if now - connected > SETTLE_MAX_S:
+                        self._settled(connected)
                 pending = asyncio.ensure_future(anext(events))
         finally:
             pending.cancel()
