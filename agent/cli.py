@@ -67,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         shutdown = asyncio.Event()
-        _install_signals(asyncio.get_running_loop(), shutdown)
+        loop = asyncio.get_running_loop()
+        _install_signals(loop, shutdown)
+        loop.set_exception_handler(logs.loop_exception_handler)
         await App(config).run(shutdown)
 
     try:
@@ -75,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        logs.flush_streaks()
     return 0
 
 
