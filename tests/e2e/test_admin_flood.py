@@ -8,12 +8,14 @@ connections at once, and SMS keep flowing at a steady rate into the reference hu
 
 * :func:`test_flood_leaves_delivery_alone`: every SMS sent during the flood reaches the hub
   within a bound (send time to the hub's own receipt time), the admin listener never holds more
-  descriptors than its bound, some requests are answered and the rest refused (503 or reset),
-  the log stays small and every line of it is JSON, ``/status`` answers afterwards.
+  descriptors than its bound, some requests are answered (200 or 503) and the rest dropped,
+  the log stays small and every line of it is JSON, ``/status`` answers afterwards.  Against
+  the hand-written listener this replaces, it fails: the agent reached its 1,024 descriptors,
+  delivery p50 was 2.3 s (p99 4.0 s) and asyncio's accept error was a plain-text line.
 * :func:`test_fd_exhaustion_logs_one_json_line_per_streak`: with the limit lowered to just above
   what the agent already uses, accepts fail with EMFILE; the agent says so in one JSON line
-  (errno, no traceback) plus one line with the count when the streak ends, keeps running, and
-  delivers everything once the limit is back.
+  (errno, no traceback) plus one line with the count when the streak ends, keeps delivering
+  within the bound, and answers ``/status`` once the limit is back.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FLOOD = 2000
 AGENT_NOFILE = 1024
 RATE = 20  # SMS per second, steady, before, during and after the flood
-DELIVERY_BOUND_S = 5.0
+DELIVERY_BOUND_S = 5.0  # every SMS sent during a flood, send to hub receipt
+DELIVERY_P50_S = 0.5  # the old listener: p50 2.3 s, p99 4.0 s here
 
 
 def open_fds(pid: int) -> int:
@@ -161,12 +164,14 @@ def test_flood_leaves_delivery_alone(hub: HubThread, make_agent: Callable[..., A
 
     assert agent.alive
     assert lat[-1] < DELIVERY_BOUND_S, report("delivery during the flood", lat)
+    assert lat[len(lat) // 2] < DELIVERY_P50_S, report("delivery during the flood", lat)
     # Bounded: the admin listener held at most its connections plus a few accept bursts in
     # flight (asyncio takes BACKLOG per wake-up; a refused one closes a few iterations
     # later), far from the limit, which keeps FD_RESERVE for delivery anyway.
     assert fds.peak <= fds_before + admin.MAX_CONNECTIONS + 4 * admin.BACKLOG + 16
     assert fds.peak < AGENT_NOFILE - admin.FD_RESERVE
-    assert counts.get("200", 0) > 0, counts
+    # Some were answered over HTTP (200, or 503 beyond the request limit), the rest dropped.
+    assert counts.get("200", 0) + counts.get("503", 0) > 0, counts
     assert sum(counts.values()) - counts.get("200", 0) > 0, f"nothing was refused: {counts}"
     assert set(counts) <= {"200", "503", "closed", "reset", "timeout"}, counts
 
