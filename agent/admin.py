@@ -161,6 +161,11 @@ class AdminServer:
             )
         )
 
+    @property
+    def connections(self) -> int:
+        """Connections open now (refused ones never count)."""
+        return len(self._server.server_state.connections)
+
     async def start(self) -> None:
         family, kind, proto, _, address = socket.getaddrinfo(
             self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

@@ -59,8 +59,14 @@ def get(path: str, method: str = "GET") -> str:
     return f"{method} {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
 
-async def open_idle(port: int, n: int) -> list[Stream]:
-    return [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+async def open_idle(server: AdminServer, n: int) -> list[Stream]:
+    """``n`` connections that send nothing, once the listener has taken them all."""
+    streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(n)]
+    deadline = time.monotonic() + 5
+    while server.connections < n:
+        assert time.monotonic() < deadline, f"{server.connections} of {n} connections taken"
+        await asyncio.sleep(0.01)
+    return streams
 
 
 async def refused(port: int) -> bool:
@@ -91,7 +97,7 @@ async def test_routes_and_bodies(server: AdminServer) -> None:
 
 
 async def test_503_beyond_the_request_limit(server: AdminServer) -> None:
-    idle = await open_idle(server.port, admin.LIMIT_CONCURRENCY)
+    idle = await open_idle(server, admin.LIMIT_CONCURRENCY)
     line, _, _ = await request(server.port, get("/status"))
     assert line == "HTTP/1.1 503 Service Unavailable"
     for _, writer in idle:
@@ -107,9 +113,9 @@ async def until_answered(port: int) -> None:
 
 
 async def test_connections_beyond_the_cap_are_dropped(server: AdminServer) -> None:
-    idle = await open_idle(server.port, admin.MAX_CONNECTIONS)
-    await asyncio.sleep(0.1)  # let the listener take them all
+    idle = await open_idle(server, admin.MAX_CONNECTIONS)
     assert await refused(server.port)
+    assert server.connections == admin.MAX_CONNECTIONS
     for _, writer in idle:
         writer.close()
     await until_answered(server.port)
