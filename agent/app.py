@@ -35,6 +35,7 @@ from agent.devices import DeviceSupervisor, Intake
 from agent.hubclient import HubClient
 from agent.inventory import Inventory
 from agent.metrics import Metric, Metrics, counter, gauge
+from agent.outboxstats import OutboxStats
 from agent.sdnotify import Notifier, Watchdog, watchdog_interval
 from agent.store import AsyncStore, Store
 from agent.uplink import Registrar, Sender
@@ -56,6 +57,7 @@ class App:
         self.cached: dict[str, Any] = {"depth": 0, "oldest": None, "dead": 0, "pending": 0}
         self.core: Core | None = None
         self.admin: AdminServer | None = None
+        self.stats: OutboxStats | None = None
         self.ready = asyncio.Event()
 
     # -- build ----------------------------------------------------------------------------
@@ -75,6 +77,7 @@ class App:
             metrics=self.metrics,
         )
         core = Core(cfg, AsyncStore(store), inventory, hub, self.metrics, HubHealth(self.metrics))
+        self.stats = OutboxStats(core.store)
         self.metrics.agent_info.labels(cfg.agent.id, __version__).set(1)
         self.metrics.start_time.set(core.started_at)
         self.metrics.register_state(self._collect)
@@ -136,6 +139,7 @@ class App:
         )
         stop_watchdog = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
+            admin_task = tg.create_task(self.admin.serve(), name="admin") if self.admin else None
             device_tasks = [
                 tg.create_task(sup.run(), name=f"device:{name}:supervisor")
                 for name, sup in core.devices.items()
@@ -165,8 +169,9 @@ class App:
             for t in loops:
                 t.cancel()
             await asyncio.gather(*loops, wd_task, return_exceptions=True)
-        if self.admin is not None:
-            await self.admin.close()
+            if self.admin is not None and admin_task is not None:
+                self.admin.close()
+                await asyncio.gather(admin_task, return_exceptions=True)
         depth, _ = await core.store.read(core.store.reader.outbox_stats)
         log.info("stopped", queued=depth)
 
@@ -199,16 +204,9 @@ class App:
         return line
 
     async def _refresh(self) -> None:
-        core = self.core
-        assert core is not None
-        st = core.store.reader
-        depth, oldest = await core.store.read(st.outbox_stats)
-        self.cached = {
-            "depth": depth,
-            "oldest": oldest,
-            "dead": await core.store.read(st.dead_letter_count),
-            "pending": await core.store.read(st.pending_parts),
-        }
+        assert self.stats is not None
+        f = await self.stats.get()
+        self.cached = {"depth": f.depth, "oldest": f.oldest, "dead": f.dead, "pending": f.pending}
 
     # -- admin ----------------------------------------------------------------------------
 

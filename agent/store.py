@@ -721,13 +721,17 @@ def _command_row(r: sqlite3.Row) -> CommandRow:
 
 
 class AsyncStore:
-    """Writes on one worker thread in submission order; reads on a second connection."""
+    """Writes on one worker thread in submission order; the sender's reads on a second
+    connection and thread; admin reads (``/status``, ``/metrics``) on a third, so however many
+    operators or scrapers ask, their queries never queue in front of delivery's."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.reader = Store(store.path, reader=True)
+        self.admin_reader = Store(store.path, reader=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._admin_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-admin")
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a write on the writer thread.  A transient failure (locked by another process
@@ -756,8 +760,15 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_pool, functools.partial(fn, *args, **kwargs))
 
+    async def read_admin(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a read-only method of ``self.admin_reader`` on the admin's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._admin_pool, functools.partial(fn, *args, **kwargs))
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._read_pool.shutdown(wait=True)
+        self._admin_pool.shutdown(wait=True)
         self.reader.close()
+        self.admin_reader.close()
         self.store.close()
