@@ -73,6 +73,7 @@ class App:
             timeout_s=cfg.upstream.timeout_s,
             ca_file=cfg.upstream.ca_file,
             metrics=self.metrics,
+            max_body=cfg.upstream.max_body_mb << 20,
         )
         core = Core(cfg, AsyncStore(store), inventory, hub, self.metrics, HubHealth(self.metrics))
         self.metrics.agent_info.labels(cfg.agent.id, __version__).set(1)
