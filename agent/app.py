@@ -249,6 +249,7 @@ class App:
                 "url": self.config.upstream.url,
                 "auth_failed": core.health.auth_failed,
                 "last_error": core.health.last_error,
+                "errors": dict(core.health.errors),
                 "last_ok": core.health.last_ok,
             },
             "devices": [
