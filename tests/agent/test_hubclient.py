@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from agent.backoff import Backoff
 from agent.hub import HubConfig, HubState, run_hub
+from agent.hubbody import json_too_deep
 from agent.hubclient import AuthFailed, HubClient, Ok, Permanent, Retry, classify, retry_after
 from tests.e2e.hostile_hub import HostileFront, gzip_bomb, serve
 
@@ -166,8 +167,6 @@ def test_classify_hostile_bodies(body: bytes, kind: type, reason: str) -> None:
 
 
 def test_json_depth_scan_stops_early_on_a_deep_body() -> None:
-    from agent.hubbody import json_too_deep
-
     assert json_too_deep(b"[" * 16_000_000)  # would take seconds if it scanned to the end
     assert not json_too_deep(b"[" * 20 + b'"' + b"[" * 100 + b'"' + b"]" * 20)
     assert not json_too_deep(b'{"a": "unterminated ' + b"[" * 10)
@@ -234,7 +233,10 @@ async def test_deep_body_from_a_real_server_is_transient(
     hostile: tuple[HostileFront, str], endpoint: Literal["messages", "commands"]
 ) -> None:
     front, url = hostile
-    front.set(**{endpoint: "deep"})
+    if endpoint == "messages":
+        front.set(messages="deep")
+    else:
+        front.set(commands="deep")
     client = _client(url)
     method, path = ("POST", "/messages") if endpoint == "messages" else ("GET", "/commands")
     try:
