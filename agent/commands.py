@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 
@@ -287,9 +288,10 @@ class Commands:
                 continue
             for row in rows:
                 body = json.dumps(row.result or {}).encode()
-                outcome = await core.hub.request(
-                    "POST", f"/commands/{row.id}/result", body=body, endpoint="command_result"
-                )
+                # The id is the hub's, any string: quoted, so one that cannot stand in a URL
+                # (a newline, a space) cannot fail every attempt and hold up the results after it.
+                path = f"/commands/{quote(row.id, safe='')}/result"
+                outcome = await core.hub.request("POST", path, body=body, endpoint="command_result")
                 if isinstance(outcome, Ok | Permanent):
                     if isinstance(outcome, Ok):
                         core.health.ok(RESULT)
