@@ -91,7 +91,7 @@ async def read_body(response: httpx.Response, limit: int) -> bytearray:
     """The decoded body of a streamed ``response``, or :class:`BodyError` once it passes
     ``limit`` bytes (raw or decoded); the caller then closes the stream unread."""
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     inflater = _inflater(response.headers.get("content-encoding", ""))
     body = bytearray()

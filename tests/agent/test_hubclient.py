@@ -64,6 +64,11 @@ def test_retry_after_seconds_and_date() -> None:
     assert isinstance(o := classify(resp(503, **{"Retry-After": "7"})), Retry) and o.after == 7
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert retry_after("soon") is None
+    # What a hostile hub may put there: never an exception out of classification.
+    assert retry_after("\u00b2") is None  # isdigit() says yes, float() says no
+    assert retry_after("Mon, 01 Jan 99999999999 00:00:00 GMT") is None  # OverflowError
+    superscript = httpx.Response(503, headers=[(b"retry-after", b"\xb2")])  # latin-1 "²"
+    assert isinstance(o := classify(superscript), Retry) and o.after is None
 
 
 def test_backoff_is_capped_jittered_and_never_zero() -> None:
