@@ -32,11 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog
 from pydantic import SecretStr
 
 from agent import __version__
 from agent.hubbody import ACCEPT_ENCODING, BodyError, parse_json, read_body
 from agent.metrics import Metrics
+
+log = structlog.get_logger("agent.hubclient")
 
 AUTH_CODES = frozenset({201, 202, 203})
 TRANSIENT_STATUS = frozenset({408, 425, 429})
@@ -213,6 +216,13 @@ class HubClient:
             # Transport failures, and requests httpx cannot even build (a URL or a header it
             # refuses): never a crash of the calling loop, never the text unscrubbed.
             outcome = Retry(f"connection error: {type(exc).__name__}: {self.scrub(str(exc))}")
+        except Exception as exc:
+            # Last resort, for a failure nobody foresaw in reading what the hub sent.  Raised,
+            # it would end the TaskGroup: exit 1, and the same answer again after every restart
+            # (issue #12).  Retried with backoff, it costs an error line per attempt.
+            detail = self.scrub(str(exc))
+            log.error("unexpected error on a hub request", error=type(exc).__name__, detail=detail)
+            outcome = Retry(f"unexpected {type(exc).__name__}: {detail}")
         if self._metrics is not None:
             self._metrics.hub_duration.labels(endpoint).observe(time.perf_counter() - started)
             cls = {Retry: "transient", Permanent: "permanent", AuthFailed: "auth"}.get(

@@ -101,6 +101,28 @@ async def test_transport_errors_are_transient_and_never_leak_the_key() -> None:
     assert "sekret-key" not in repr(outcome)
 
 
+async def test_an_unforeseen_failure_is_transient_and_scrubbed() -> None:
+    """The last resort of ``HubClient.request``: an exception nobody foresaw (a mock is the
+    only way to raise one on purpose) comes back as Retry, with the key scrubbed."""
+
+    def odd(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError(f"odd failure near {request.headers['authorization']}")
+
+    client = HubClient(
+        "http://127.0.0.1:9/agent/v1",
+        api_key=SecretStr("sekret-key-42"),
+        agent_id="a",
+        transport=httpx.MockTransport(odd),
+    )
+    try:
+        outcome = await client.request("GET", "/commands", endpoint="commands")
+    finally:
+        await client.aclose()
+    assert isinstance(outcome, Retry), outcome
+    assert outcome.reason.startswith("unexpected RuntimeError: odd failure near"), outcome
+    assert "sekret" not in outcome.reason
+
+
 async def test_signed_requests_accepted_by_the_hub_and_bad_secret_refused() -> None:
     state = HubState()
     ready, stop = asyncio.Event(), asyncio.Event()
