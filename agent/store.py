@@ -18,6 +18,8 @@ crash (DESIGN.md invariant 1).  Tables:
 * ``dead_letters``: messages the hub rejected (invariant 3): kept, listed, re-sendable.
 * ``commands``: hub commands with their durable outcome (PROTOCOL.md section 5).
 * ``meta``: the inventory snapshot ``seq``.
+* ``driver_state``: each device's small durable key-value (``DriverContext.state``): poll
+  cursors, a gateway's boot id, the SIM-bank rotation order.
 
 :class:`Store` is synchronous and not thread-safe: the app calls it only through
 :class:`AsyncStore`, which runs writes on one dedicated thread (so the event loop never blocks
@@ -105,6 +107,13 @@ MIGRATIONS: tuple[str, ...] = (
         received_at REAL NOT NULL, finished_at REAL
     );
     CREATE INDEX commands_unreported ON commands (reported, state);
+    """,
+    # 2: drivers' small durable key-value (poll cursors, gateway boot ids, rotation order).
+    """
+    CREATE TABLE driver_state (
+        device TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (device, key)
+    );
     """,
 )
 
@@ -310,6 +319,20 @@ class Store:
                     "UPDATE sims SET desired_forward = :f WHERE iccid = :iccid",
                     {"f": forward, "iccid": iccid},
                 )
+
+    def driver_state_get(self, device: str, key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM driver_state WHERE device = ? AND key = ?", (device, key)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def driver_state_set(self, device: str, key: str, value: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO driver_state (device, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (device, key) DO UPDATE SET value = excluded.value",
+                (device, key, value),
+            )
 
     def next_seq(self) -> int:
         """The next inventory snapshot number; persisted so it grows across restarts."""
