@@ -13,8 +13,9 @@ arq's ``Retry`` separates "try again" from "give up":
 * :class:`Permanent`: any other 4xx or platform error object: never retried in a loop.
 
 The API key and signing secret live in ``SecretStr`` and are placed only in headers.  An
-exception text can still quote a header (h11's ``Illegal header value b'Bearer <key> '``), so
-every one is scrubbed (:meth:`HubClient.scrub`) before it reaches an outcome, a log or /status.
+exception text can still quote a header (h11's ``Illegal header value b'Bearer <key> '``), and
+a hub's error page can echo one, so every outcome's reason is scrubbed
+(:meth:`HubClient.scrub`) before it reaches a log, /status or the dead letters.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import platform
 import re
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,10 @@ class HubClient:
             detail = self.scrub(str(exc))
             log.error("unexpected error on a hub request", error=type(exc).__name__, detail=detail)
             outcome = Retry(f"unexpected {type(exc).__name__}: {detail}")
+        if isinstance(outcome, Retry | Permanent | AuthFailed):
+            # A reason may quote the hub's body, and a proxy's error page can echo the
+            # request's headers back: scrubbed like an exception text.
+            outcome = replace(outcome, reason=self.scrub(outcome.reason))
         if self._metrics is not None:
             self._metrics.hub_duration.labels(endpoint).observe(time.perf_counter() - started)
             cls = {Retry: "transient", Permanent: "permanent", AuthFailed: "auth"}.get(

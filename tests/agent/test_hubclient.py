@@ -215,8 +215,13 @@ def _inner_app() -> Starlette:
 
         return endpoint
 
+    async def echo(request: Request) -> Response:
+        # A proxy's error page that quotes the request's headers back.
+        return Response(f"refused; you sent {request.headers['authorization']}", 400)
+
     return Starlette(
         routes=[
+            Route("/agent/v1/echo", echo),
             Route("/agent/v1/gz", answer(_gzip(ok), "gzip")),
             # Two gzip members in one body (RFC 1952 2.2): the second half of the JSON.
             Route("/agent/v1/gz2", answer(_gzip(ok[:10]) + _gzip(ok[10:]), "gzip")),
@@ -331,6 +336,20 @@ async def test_an_illegal_key_header_never_reaches_the_reason(
     assert key[:12] not in outcome.reason and "Bearer" not in outcome.reason.replace(
         "Bearer ***", ""
     ), outcome
+
+
+async def test_a_hub_body_echoing_the_key_is_scrubbed(
+    hostile: tuple[HostileFront, str],
+) -> None:
+    _front, url = hostile
+    client = _client(url, key="sk-echoed-0123456789")
+    try:
+        outcome = await client.request("GET", "/echo", endpoint="t")
+    finally:
+        await client.aclose()
+    assert isinstance(outcome, Permanent), outcome
+    assert outcome.reason.startswith("HTTP 400: refused; you sent"), outcome
+    assert "0123456789" not in outcome.reason, outcome
 
 
 def test_scrub_removes_keys_bearer_values_and_quoted_bytes() -> None:
