@@ -42,7 +42,8 @@ class HubHealth:
     last_ok: float | None = None
     #: endpoint → its standing error, oldest first (re-set errors move to the end)
     errors: dict[str, str] = field(default_factory=dict)
-    _auth: set[str] = field(default_factory=set)
+    #: endpoints whose standing error is an auth failure
+    _auth: set[str] = field(default_factory=set, init=False, repr=False)
 
     @property
     def auth_failed(self) -> bool:
