@@ -75,6 +75,7 @@ class App:
             timeout_s=cfg.upstream.timeout_s,
             ca_file=cfg.upstream.ca_file,
             metrics=self.metrics,
+            max_body=cfg.upstream.max_body_mb << 20,
         )
         core = Core(cfg, AsyncStore(store), inventory, hub, self.metrics, HubHealth(self.metrics))
         self.stats = OutboxStats(core.store)
@@ -246,6 +247,7 @@ class App:
                 "url": self.config.upstream.url,
                 "auth_failed": core.health.auth_failed,
                 "last_error": core.health.last_error,
+                "errors": dict(core.health.errors),
                 "last_ok": core.health.last_ok,
             },
             "devices": [

@@ -2,7 +2,8 @@
 
 PROTOCOL.md section 5, as the agent side:
 
-* One long-poll is open at all times; errors reconnect with backoff.
+* One long-poll is open at all times; errors reconnect with backoff.  A hub that answers at
+  once with nothing, ignoring ``wait``, is polled at most once a second (``POLL_FLOOR_S``).
 * A command id is executed at most once per outcome: its row is written (``running``) before
   execution and its result (``done``) after, both durable.  A repeated id with a stored result
   only re-sends the result.  A ``running`` row found at start-up (the agent died mid-command)
@@ -26,13 +27,14 @@ import re
 import time
 from contextlib import suppress
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 
 from agent.backoff import Backoff
 from agent.config import E164
 from agent.core import Core
-from agent.hubclient import Ok, Permanent, Retry
+from agent.hubclient import Ok, Outcome, Permanent, Retry
 from agent.store import iso
 from agent.uplink import _pause
 from drivers.base import CommandError
@@ -47,6 +49,19 @@ USSD_CODE = re.compile(r"[*#][0-9*#]{1,40}#")
 #: (after a restart the long-poll answers long before a modem has read its SIM cards).
 UNKNOWN_SIM_HOLD_S = 30.0
 HOLD_POLL_S = 0.05
+POLL = "GET /commands"
+RESULT = "POST /commands/{id}/result"
+#: Start-to-start floor between polls that come back early and empty.  PROTOCOL.md section 5
+#: has the hub hold an empty poll for ``wait`` seconds; a hub that answers at once instead
+#: was polled as fast as the loop turns (17,059 requests in 10 s, issue #12).  One second is
+#: the rate PROTOCOL.md section 2 allows a down hub (at most 1 request/s from one agent), and
+#: delays a command by at most a second when the hub misbehaves.  Answers with commands are
+#: never delayed: a hub hands over what it has at once.
+POLL_FLOOR_S = 1.0
+#: A poll the hub still holds after this long was accepted: the hub authenticates before it
+#: waits, and refusals, errors and early answers come back at once.  So the endpoint's error
+#: in /status clears once a long-poll is open again, not only when it ends ``wait`` s later.
+POLL_HELD_S = 2.0
 
 
 class Commands:
@@ -69,32 +84,65 @@ class Commands:
     async def poll(self) -> None:
         core = self.core
         wait = core.config.upstream.poll_wait_s
+        early = 0  # polls answered early and empty in a row
         while True:
             core.beat("poller")
-            outcome = await core.hub.request(
+            started = time.monotonic()
+            outcome = await self._poll_once(wait)
+            if not isinstance(outcome, Ok):
+                await _pause(core, outcome, self.poll_backoff, POLL, "poller")
+                continue
+            commands = outcome.data.get("commands") if isinstance(outcome.data, dict) else None
+            if not isinstance(commands, list):
+                await _pause(
+                    core,
+                    Retry("GET /commands answered without a commands list"),
+                    self.poll_backoff,
+                    POLL,
+                    "poller",
+                )
+                continue
+            self.poll_backoff.reset()
+            took = time.monotonic() - started
+            early = early + 1 if not commands and took < POLL_FLOOR_S / 2 else 0
+            if early >= 2:
+                # Not a transport failure (the backoff stays reset), but the hub is not doing
+                # what the protocol says: tell the operator, once per streak in the log.  One
+                # early answer alone is normal: a hub that shuts down ends its open polls.
+                if early == 2:
+                    log.warning(
+                        "hub answers GET /commands at once, ignoring wait; "
+                        "polling at most once a second",
+                        wait_s=wait,
+                    )
+                core.health.error(POLL, f"hub answers at once, ignoring wait={wait}")
+            else:
+                core.health.ok(POLL)
+            for body in commands:
+                await self.submit(body)
+            if not commands and took < POLL_FLOOR_S:
+                await core.idle("poller", POLL_FLOOR_S - took)
+
+    async def _poll_once(self, wait: int) -> Outcome:
+        """One long-poll.  While the hub holds it past ``POLL_HELD_S`` the endpoint counts as
+        healthy (see there)."""
+        core = self.core
+        request = asyncio.ensure_future(
+            core.hub.request(
                 "GET",
                 "/commands",
                 params={"wait": str(wait)},
                 endpoint="commands",
                 timeout=wait + core.config.upstream.timeout_s,
             )
-            if isinstance(outcome, Ok):
-                commands = outcome.data.get("commands") if isinstance(outcome.data, dict) else None
-                if not isinstance(commands, list):
-                    await _pause(
-                        core,
-                        Retry("GET /commands answered without a commands list"),
-                        self.poll_backoff,
-                        "GET /commands",
-                        "poller",
-                    )
-                    continue
-                core.health.ok()
-                self.poll_backoff.reset()
-                for body in commands:
-                    await self.submit(body)
-                continue
-            await _pause(core, outcome, self.poll_backoff, "GET /commands", "poller")
+        )
+        try:
+            done, _ = await asyncio.wait({request}, timeout=POLL_HELD_S)
+            if not done:
+                core.health.ok(POLL)
+            return await request
+        finally:
+            request.cancel()  # a no-op once it is done; at shutdown it ends the open poll
 
     async def submit(self, body: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("id"), str | int):
@@ -259,20 +307,21 @@ class Commands:
                 continue
             for row in rows:
                 body = json.dumps(row.result or {}).encode()
-                outcome = await core.hub.request(
-                    "POST", f"/commands/{row.id}/result", body=body, endpoint="command_result"
-                )
+                # The id is the hub's, any string: quoted, so one that cannot stand in a URL
+                # (a newline, a space) cannot fail every attempt and hold up the results after it.
+                path = f"/commands/{quote(row.id, safe='')}/result"
+                outcome = await core.hub.request("POST", path, body=body, endpoint="command_result")
                 if isinstance(outcome, Ok | Permanent):
-                    if isinstance(outcome, Permanent):
+                    if isinstance(outcome, Ok):
+                        core.health.ok(RESULT)
+                    else:
                         log.error(
                             "hub refused a command result", command_id=row.id, reason=outcome.reason
                         )
                     await core.store.call(core.store.store.command_reported, row.id)
                     self.report_backoff.reset()
                     continue
-                await _pause(
-                    core, outcome, self.report_backoff, "POST /commands/{id}/result", "reporter"
-                )
+                await _pause(core, outcome, self.report_backoff, RESULT, "reporter")
                 break
 
 

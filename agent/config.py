@@ -122,6 +122,9 @@ class UpstreamSection(_Section):
     auth_retry_s: float = Field(300.0, ge=1, le=86400)
     #: Cap of the exponential backoff for transient errors (PROTOCOL.md section 2: 5 min).
     backoff_max_s: float = Field(300.0, ge=1, le=3600)
+    #: Largest hub answer read, decoded (gzip inflated): beyond it the answer is dropped and
+    #: retried as transient, so a broken or hostile hub cannot grow the agent's memory.
+    max_body_mb: int = Field(16, ge=1, le=1024)
     allow_insecure: bool = False
     ca_file: Path | None = None
 
