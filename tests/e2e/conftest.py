@@ -128,6 +128,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(str(value), ensure_ascii=False)  # JSON escapes are TOML escapes
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. a GoIP line
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML for {value!r}")
 
 
