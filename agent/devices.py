@@ -187,18 +187,21 @@ class DeviceSupervisor:
             await self.intake.put(self, event)
         elif isinstance(event, SimPresent):
             sim = inv.present(self.name, event.info)
-            await self.core.store.call(
-                self.core.store.store.upsert_sim,
-                iccid=sim.iccid,
-                imsi=event.info.imsi,
-                number=sim.number,
-                number_source=sim.number_source,
-                device=self.name,
-                port=event.info.port,
-                operator=event.info.operator,
-                mcc_mnc=event.info.mcc_mnc,
-                now=time.time(),
-            )
+            # Best effort: the row caches what the hardware said (the inventory in memory is
+            # what counts while running); waiting for a full disk here would stall the device.
+            with suppress(sqlite3.Error):
+                await self.core.store.attempt(
+                    self.core.store.store.upsert_sim,
+                    iccid=sim.iccid,
+                    imsi=event.info.imsi,
+                    number=sim.number,
+                    number_source=sim.number_source,
+                    device=self.name,
+                    port=event.info.port,
+                    operator=event.info.operator,
+                    mcc_mnc=event.info.mcc_mnc,
+                    now=time.time(),
+                )
             self._reapply(sim.iccid)
         elif isinstance(event, SimGone):
             inv.gone(event.port, event.iccid)
@@ -297,7 +300,9 @@ class Intake:
         self.core = core
         self._queue: asyncio.Queue[tuple[DeviceSupervisor, SmsPart]] = asyncio.Queue(20000)
         self._retry: deque[tuple[DeviceSupervisor, SmsPart]] = deque()
-        self._backoff = Backoff(0.5, 30.0)
+        # A failing commit is cheap (SQLITE_FULL comes back at once), and every second of
+        # backoff is a second the SMS waits on its SIM after the disk is freed: cap it low.
+        self._backoff = Backoff(0.5, 5.0)
 
     async def put(self, sup: DeviceSupervisor, part: SmsPart) -> None:
         await self._queue.put((sup, part))
