@@ -240,6 +240,7 @@ class App:
             "pending": await core.store.read(st.pending_parts),
             "incidents": await core.store.read(st.incidents),
         }
+        core.store.health.refresh()
 
     # -- admin ----------------------------------------------------------------------------
 

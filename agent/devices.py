@@ -301,8 +301,9 @@ class Intake:
         self._queue: asyncio.Queue[tuple[DeviceSupervisor, SmsPart]] = asyncio.Queue(20000)
         self._retry: deque[tuple[DeviceSupervisor, SmsPart]] = deque()
         # A failing commit is cheap (SQLITE_FULL comes back at once), and every second of
-        # backoff is a second the SMS waits on its SIM after the disk is freed: cap it low.
-        self._backoff = Backoff(0.5, 5.0)
+        # backoff is a second the SMS waits on its SIM after the disk is freed: cap it low
+        # (below agent.store.WRITABLE_AFTER_S, so the store's health does not flap).
+        self._backoff = Backoff(0.5, 2.0)
 
     async def put(self, sup: DeviceSupervisor, part: SmsPart) -> None:
         await self._queue.put((sup, part))
@@ -328,7 +329,9 @@ class Intake:
                 batch.append(self._queue.get_nowait())
             now = time.time()
             try:
-                result = await core.store.call(
+                # Tried once: the retry below beats the watchdog while it waits (a full
+                # disk is no reason for systemd to restart the agent).
+                result = await core.store.attempt(
                     core.store.store.ingest,
                     [p for _s, p in batch],
                     now=now,
@@ -339,7 +342,7 @@ class Intake:
                 # committed and nothing is acked, so every part is still on its SIM.  Back
                 # off and try the same batch again rather than take the whole agent down.
                 delay = self._backoff.next()
-                log.error(
+                (log.error if self._backoff.failures == 1 else log.debug)(
                     "could not commit received SMS; retrying",
                     reason=str(exc),
                     parts=len(batch),
@@ -373,18 +376,23 @@ class Intake:
         while True:
             core.beat("reassembly")
             await asyncio.sleep(tick)
-            n = await core.store.call(
-                core.store.store.expire_partials, now=time.time(), timeout=timeout
-            )
+            try:
+                # Tried once: the next tick tries again, and the loop keeps beating.
+                n = await core.store.attempt(
+                    core.store.store.expire_partials, now=time.time(), timeout=timeout
+                )
+            except sqlite3.Error:
+                continue  # recorded in the store's health
             if n:
                 core.metrics.partial.inc(n)
                 log.warning("multipart messages delivered with parts missing", count=n)
                 core.outbox_wake.set()
             if time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
-                await core.store.call(
-                    core.store.store.prune, now=time.time(), reassembly_timeout_s=timeout
-                )
+                with suppress(sqlite3.Error):
+                    await core.store.attempt(
+                        core.store.store.prune, now=time.time(), reassembly_timeout_s=timeout
+                    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -218,45 +218,65 @@ def error_kind(exc: BaseException) -> str:
     return "error"
 
 
+#: A store counts as writable again only once no write has failed for this long.
+WRITABLE_AFTER_S = 5.0
+
+
 @dataclass(slots=True)
 class StoreHealth:
-    """Whether the store accepts writes now, for ``/status``, ``/metrics`` and ``STATUS=``.
+    """Whether the store accepts writes, for ``/status``, ``/metrics`` and ``STATUS=``.
 
-    A write that changed rows and committed proves the store writable again; a write that
-    failed (disk full, I/O error, read-only remount, corruption) marks it unwritable since
-    the first failure of the streak.  Transactions that changed nothing prove nothing (they
-    write no WAL frame), so they leave the flag alone."""
+    A failed write (disk full, I/O error, read-only remount, corruption) marks the store
+    unwritable from the first failure of a streak.  On a full disk some writes still succeed
+    (a delete or an update reuses pages the WAL already holds) while every insert fails, so
+    one success does not end the streak: a write that changed rows must succeed *and* no
+    write may have failed for :data:`WRITABLE_AFTER_S`.  The intake retries at least that
+    often while SMS wait, so the flag does not flap while the disk is full.  Transactions
+    that changed nothing prove nothing (they write no WAL frame) and are not counted."""
 
     writable: bool = True
     last_error: str | None = None
     kind: str | None = None
     since: float | None = None
+    last_failure: float | None = None
     last_ok: float | None = None
     errors: dict[str, int] = field(default_factory=dict)  # kind → failed writes
 
     def failed(self, op: str, exc: BaseException) -> None:
+        now = time.time()
         kind = error_kind(exc)
         self.errors[kind] = self.errors.get(kind, 0) + 1
         if self.writable:
             log.error("store cannot write", op=op, kind=kind, reason=str(exc))
-            self.since = time.time()
+            self.since = now
         self.writable = False
         self.kind = kind
         self.last_error = f"{op}: {exc}"
+        self.last_failure = now
 
-    def ok(self) -> None:
-        if not self.writable:
+    def ok(self, op: str) -> None:
+        self.last_ok = time.time()
+        self.refresh(op)
+
+    def refresh(self, op: str | None = None) -> None:
+        """End a failure streak once a write succeeded after the failures stopped."""
+        if self.writable or self.last_ok is None or self.last_failure is None:
+            return
+        if self.last_ok > self.last_failure and time.time() - self.last_failure >= (
+            WRITABLE_AFTER_S
+        ):
             log.warning(
                 "store writable again",
+                op=op,
                 kind=self.kind,
                 after_s=round(time.time() - (self.since or time.time()), 1),
             )
-        self.writable = True
-        self.kind = None
-        self.since = None
-        self.last_ok = time.time()
+            self.writable = True
+            self.kind = None
+            self.since = None
 
     def as_dict(self) -> dict[str, Any]:
+        self.refresh()
         return {
             "writable": self.writable,
             "error": self.kind,
@@ -980,7 +1000,7 @@ class AsyncStore:
             self.health.failed(getattr(fn, "__name__", "?"), exc)
             raise
         if wrote:
-            self.health.ok()
+            self.health.ok(getattr(fn, "__name__", "?"))
         return result
 
     async def read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
