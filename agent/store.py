@@ -17,7 +17,8 @@ crash (DESIGN.md invariant 1).  Tables:
   in-memory claims by itself.  (The ``state`` column of schema 1 stays 0.)
 * ``dead_letters``: messages the hub rejected (invariant 3): kept, listed, re-sendable.
 * ``commands``: hub commands with their durable outcome (PROTOCOL.md section 5).
-* ``meta``: the inventory snapshot ``seq``.
+* ``meta``: the last saved inventory snapshot ``seq``, and the start-up incidents (damaged
+  stores moved aside, until ``vsim-agent store ack``).
 
 :class:`Store` is synchronous and not thread-safe: the app calls it only through
 :class:`AsyncStore`, which runs writes on one dedicated thread (so the event loop never blocks
@@ -28,6 +29,18 @@ Durability is spent where it buys something: intake commits fsync (invariant 1: 
 is deleted right after).  Settling delivered messages commits without fsync
 (``synchronous=NORMAL`` for that transaction): losing it in a power cut only re-sends ids the
 hub already holds, which it answers as accepted (PROTOCOL.md section 4).
+
+Faults.  The file is created 0600 in a 0700 directory whatever the umask: it holds SMS texts
+and numbers.  Before the agent runs, :mod:`agent.storecheck` decides what to do with the file
+it finds: refuse with :class:`StoreError` (exit 2, the path and the remedy in one line) when
+the agent cannot fix it (another owner, read-only, someone else's file, a newer schema), or
+move a damaged store aside and salvage what :func:`salvage` can read into a fresh one, loudly
+and never silently (the policy and its reasons are in that module).  At run time a write can
+fail (SQLITE_FULL on a full disk, SQLITE_IOERR, a read-only remount): :class:`StoreHealth`
+tracks it for ``/status``, ``/metrics`` and ``STATUS=``, and callers choose between waiting
+(:meth:`AsyncStore.call`, for what must not be lost) and trying once (:meth:`AsyncStore.attempt`,
+for what may be redone: a settle, the snapshot ``seq``, the SIM cache), so delivering what
+is already stored never waits for disk space.
 """
 
 from __future__ import annotations
