@@ -208,26 +208,31 @@ def test_full_disk_is_shown_everywhere_and_queued_sms_still_go_out(
 # -- (b) stores broken before a start -------------------------------------------------------
 
 
-def start_expecting_exit(agent: Agent) -> tuple[int, str]:
-    agent.start(wait=False)
+def start_expecting_exit(agent: Agent, env: dict[str, str] | None = None) -> tuple[int, str]:
+    agent.start(wait=False, env=env)
     code = agent.proc.wait(30)
     return code, agent.logs()
 
 
 def test_read_only_store_exits_2_naming_the_file(
-    hub: HubThread, make_agent: Any, tmpfs: Any
+    tmp_path: Path, hub: HubThread, make_agent: Any, tmpfs: Any
 ) -> None:
     agent: Agent = make_agent(hub)
     tmpfs(agent.state_dir, "8m")
     agent.start()
     assert agent.terminate()[0] == 0
     assert subprocess.run(["mount", "-o", "remount,ro", str(agent.state_dir)]).returncode == 0
-    code, logs = start_expecting_exit(agent)
+    sock = NotifySocket(tmp_path / "notify")
+    try:
+        code, logs = start_expecting_exit(agent, env=notify_env(sock))
+        sock.drain(0.3)
+    finally:
+        sock.close()
     assert code == 2, agent.tail()
-    assert (
-        f"store error: {agent.state_dir}/agent.db cannot be opened for writing: "
-        "Read-only file system" in logs
-    ), agent.tail()
+    message = f"{agent.state_dir}/agent.db cannot be opened for writing: Read-only file system"
+    assert f"store error: {message}" in logs, agent.tail()
+    # systemctl status shows why the unit does not start.
+    assert any(message in line for _t, line in sock.lines("STATUS=store error: ")), sock.messages
     no_traceback(agent)
 
 
