@@ -129,8 +129,11 @@ def incident_message(incident: dict[str, Any]) -> str:
 
 
 def _prepare_dir(state_dir: Path) -> None:
+    created = not state_dir.exists()
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if created:
+            state_dir.chmod(0o700)  # exactly 0700, whatever the umask took away or left
         st = state_dir.stat()
     except OSError as exc:
         raise StoreError(
@@ -140,12 +143,13 @@ def _prepare_dir(state_dir: Path) -> None:
         raise StoreError(f"{state_dir}: agent.state_dir is not a directory")
     _check_owner(state_dir, st)
     if st.st_mode & 0o077:
-        # Older versions (or a 0755 StateDirectory) left it open; the store holds SMS texts.
-        try:
-            state_dir.chmod(0o700)
-        except OSError as exc:
-            raise StoreError(f"{state_dir}: cannot restrict to mode 0700: {exc.strerror}") from None
-        log.info("state directory restricted to 0700", path=str(state_dir))
+        # Not changed: an existing directory may be shared on purpose (the store file itself
+        # is kept 0600), and chmod on a directory someone chose, say /tmp, would do harm.
+        log.warning(
+            "state directory is open to other users; the store file is 0600",
+            path=str(state_dir),
+            mode=oct(st.st_mode & 0o777),
+        )
 
 
 def _check_owner(path: Path, st: os.stat_result) -> None:

@@ -51,14 +51,26 @@ def test_fresh_store_is_created_private_with_a_marker(tmp_path: Path) -> None:
     assert marker_path(tmp_path / "state" / "agent.db").exists()
 
 
-def test_an_open_state_dir_and_store_are_tightened(tmp_path: Path) -> None:
+def test_a_store_left_open_is_tightened_but_a_chosen_directory_left_alone(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "state" / "agent.db"
     queued_store(db, 1)
     db.parent.chmod(0o755)
     db.chmod(0o644)
     open_store(db, version="test").store.close()
-    assert db.parent.stat().st_mode & 0o777 == 0o700
     assert db.stat().st_mode & 0o777 == 0o600
+    assert db.parent.stat().st_mode & 0o777 == 0o755  # could be /tmp: warned, not changed
+
+
+def test_state_dir_is_exactly_0700_even_under_an_odd_umask(tmp_path: Path) -> None:
+    old = os.umask(0o277)  # takes the owner's write bit away
+    try:
+        open_store(tmp_path / "state" / "agent.db", version="test").store.close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "agent.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_foreign_file_is_refused_untouched(tmp_path: Path) -> None:
