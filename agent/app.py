@@ -43,7 +43,7 @@ from agent.uplink import Registrar, Sender
 
 log = structlog.get_logger("agent.app")
 
-STATES = ("online", "offline", "disabled", "error")
+STATES = ("online", "offline", "standby", "disabled", "error")
 STATUS_EVERY_S = 5.0
 SHUTDOWN_GRACE_S = 3.0
 

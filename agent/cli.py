@@ -166,12 +166,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         if last:
             ago = _age(now - datetime.fromisoformat(last).timestamp()) + " ago"
         rows.append(
-            [s["port"], s["sim_id"], s["number"], s["state"], s["signal_dbm"], s["sms_count"], ago]
+            [
+                s["port"],
+                s.get("slot"),
+                s["sim_id"],
+                "esim" if s.get("kind") == "esim" else None,
+                s["number"],
+                s["state"],
+                s["signal_dbm"],
+                s["sms_count"],
+                ago,
+            ]
         )
     print()
-    print(format_table(rows, ["PORT", "ICCID", "NUMBER", "STATE", "DBM", "SMS", "LAST SMS"]))
+    print(
+        format_table(
+            rows, ["PORT", "SLOT", "ICCID", "KIND", "NUMBER", "STATE", "DBM", "SMS", "LAST SMS"]
+        )
+    )
     online = sum(1 for s in st["sims"] if s["state"] == "online")
-    print(f"\n{online}/{len(st['sims'])} SIMs online")
+    standby = sum(1 for s in st["sims"] if s["state"] == "standby")
+    print(f"\n{online}/{len(st['sims'])} SIMs online" + (f", {standby} standby" if standby else ""))
     return 0
 
 

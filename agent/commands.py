@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -31,7 +30,6 @@ from agent.backoff import Backoff
 from agent.config import E164
 from agent.core import Core
 from agent.hubclient import Ok, Permanent, Retry
-from agent.inventory import Sim
 from agent.store import iso
 from agent.uplink import _pause
 from drivers.base import CommandError
@@ -39,15 +37,15 @@ from drivers.base import CommandError
 log = structlog.get_logger("agent.commands")
 
 COMMAND_TIMEOUT_S = 60.0
-SETTLE_S = 5.0  # how long a result waits for the driver's state event
-TYPES = ("enable", "disable", "forward", "unforward")
+TYPES = ("enable", "disable", "forward", "unforward", "ussd", "esim_download", "esim_delete")
+#: A USSD code as TS 22.030 clause 6.5 writes them: digits, * and #, ending in #.
+USSD_CODE = re.compile(r"[*#][0-9*#]{1,40}#")
 
 
 class Commands:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._active: set[str] = set()
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[None]] = set()
         self.poll_backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
         self.report_backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
@@ -102,6 +100,7 @@ class Commands:
         row = await self.core.store.call(self.core.store.store.command, cid)
         if row is not None and row.state == "done":
             # Seen before: never executed twice; its stored result is re-sent.
+            log.info("command repeated", command_id=cid)
             await self.core.store.call(
                 self.core.store.store.command_finish, cid, row.result or {}, now=time.time()
             )
@@ -162,70 +161,56 @@ class Commands:
         self.core.results_wake.set()
 
     async def _execute(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Check the command, then hand it to its device's :class:`SimActions` (the one owner
+        of persisting, acting and waiting for the hardware)."""
         core = self.core
         ctype, sim_id = body.get("type"), body.get("sim_id")
         if ctype not in TYPES:
             return {"ok": False, "error": f"unsupported command type {ctype!r}"}
+        if ctype == "esim_download":
+            return await self._esim_download(body)
         if not isinstance(sim_id, str) or sim_id not in core.inventory.sims:
             return {"ok": False, "error": f"unknown sim {sim_id!r}"}
-        to = body.get("to")
+        to, code = body.get("to"), body.get("code")
         if ctype == "forward" and not (isinstance(to, str) and E164.match(to)):
             return {"ok": False, "error": f"forward needs 'to' as E.164 (+…), got {to!r}"}
-        async with self._locks[sim_id]:
-            sim = core.inventory.sims[sim_id]
-            sup = core.devices.get(sim.device)
-            # Desired state first (durable), hardware second: a crash between converges.
-            if ctype in ("enable", "disable"):
-                enabled = ctype == "enable"
-                await core.store.call(
-                    core.store.store.set_desired, sim_id, enabled=enabled, now=time.time()
-                )
-                core.inventory.set_desired(sim_id, enabled=enabled)
-                if sup is None or sup.driver is None:
-                    return {
-                        "ok": False,
-                        "error": f"device {sim.device} is down; "
-                        "the state will be applied when it reconnects",
-                    }
-                await sup.driver.set_radio(sim.info.port, enabled)
-                # The driver reports the new radio state as an event: let the inventory catch
-                # up before the result states it (bounded; the next PUT /sims follows anyway).
-                await self._settle(
-                    sim_id,
-                    lambda s: s.info.radio_on == enabled and (s.info.registered or not enabled),
-                )
-            else:
-                target = to if ctype == "forward" else ""
-                await core.store.call(
-                    core.store.store.set_desired,
-                    sim_id,
-                    forward=target,
-                    set_forward=True,
-                    now=time.time(),
-                )
-                core.inventory.set_desired(sim_id, forward=target, set_forward=True)
-                if sup is None or sup.driver is None:
-                    return {
-                        "ok": False,
-                        "error": f"device {sim.device} is down; "
-                        "the state will be applied when it reconnects",
-                    }
-                await sup.driver.set_forwarding(sim.info.port, target or None)
-            core.inventory.set_error(sim_id, None)
-            return {
-                "ok": True,
-                "state": core.inventory.sims[sim_id].state
-                if sim_id in core.inventory.sims
-                else None,
-            }
+        if ctype == "ussd" and not (isinstance(code, str) and USSD_CODE.fullmatch(code)):
+            return {"ok": False, "error": f"ussd needs 'code' like *100#, got {_short(code)}"}
+        sim = core.inventory.sims[sim_id]
+        sup = core.devices.get(sim.device)
+        if sup is None:
+            return {"ok": False, "error": f"device {sim.device} is not configured here"}
+        result: dict[str, Any] = {"ok": True}
+        if ctype in ("enable", "disable"):
+            await sup.actions.set_enabled(sim, ctype == "enable")
+        elif ctype in ("forward", "unforward"):
+            await sup.actions.set_forwarding(sim, to if ctype == "forward" else None)
+        elif ctype == "ussd":
+            result["reply"] = await sup.actions.ussd(sim, str(code))
+        else:  # esim_delete
+            await sup.actions.esim_delete(sim)
+            result["state"] = None
+            return result
+        core.inventory.set_error(sim_id, None)
+        now = core.inventory.sims.get(sim_id)
+        result["state"] = now.state if now is not None else None
+        return result
 
-    async def _settle(self, sim_id: str, done: Callable[[Sim], bool]) -> None:
-        deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            sim = self.core.inventory.sims.get(sim_id)
-            if sim is None or done(sim):
-                return
-            await asyncio.sleep(0.02)
+    async def _esim_download(self, body: dict[str, Any]) -> dict[str, Any]:
+        device, port = body.get("device"), body.get("port")
+        code, confirm = body.get("activation_code"), body.get("confirmation_code")
+        sup = self.core.devices.get(device) if isinstance(device, str) else None
+        if sup is None:
+            return {"ok": False, "error": f"esim_download: unknown device {_short(device)}"}
+        if not (isinstance(code, str) and code.startswith("LPA:") and len(code) <= 512):
+            return {"ok": False, "error": "esim_download needs activation_code 'LPA:1$…'"}
+        if port is not None and not (isinstance(port, str) and port.startswith(f"{device}/")):
+            return {"ok": False, "error": f"esim_download: port must be '{device}/<n>'"}
+        if confirm is not None and not isinstance(confirm, str):
+            return {"ok": False, "error": "esim_download: confirmation_code must be a string"}
+        iccid = await sup.actions.esim_download(port, code, confirm)
+        sim = self.core.inventory.sims.get(iccid)
+        return {"ok": True, "sim_id": iccid, "state": sim.state if sim is not None else None}
 
     # -- report ---------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ crash (DESIGN.md invariant 1).  Tables:
 * ``commands``: hub commands with their durable outcome (PROTOCOL.md section 5).
 * ``meta``: the last saved inventory snapshot ``seq``, and the start-up incidents (damaged
   stores moved aside, until ``vsim-agent store ack``).
+* ``driver_state``: each device's small durable key-value (``DriverContext.state``): poll
+  cursors, a gateway's boot id, the SIM-bank rotation order.
 
 :class:`Store` is synchronous and not thread-safe: the app calls it only through
 :class:`AsyncStore`, which runs writes on one dedicated thread (so the event loop never blocks
@@ -121,6 +123,13 @@ MIGRATIONS: tuple[str, ...] = (
         received_at REAL NOT NULL, finished_at REAL
     );
     CREATE INDEX commands_unreported ON commands (reported, state);
+    """,
+    # 2: drivers' small durable key-value (poll cursors, gateway boot ids, rotation order).
+    """
+    CREATE TABLE driver_state (
+        device TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (device, key)
+    );
     """,
 )
 
@@ -306,6 +315,7 @@ class Salvage:
     outbox: list[tuple[str, str, str, float]] = field(default_factory=list)
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
     sims: list[tuple[Any, ...]] = field(default_factory=list)
+    driver_state: list[tuple[Any, ...]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -313,6 +323,7 @@ class Salvage:
             "outbox": len(self.outbox),
             "dead_letters": len(self.dead_letters),
             "sims": len(self.sims),
+            "driver_state": len(self.driver_state),
         }
 
 
@@ -374,6 +385,14 @@ def salvage(copy: Path) -> Salvage:
             for r in _salvage_rows(db, sql, out.errors, f"sims {order}"):
                 sims.setdefault(r[0], r)
         out.sims = list(sims.values())
+        state: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for order in ("ASC", "DESC"):
+            sql = (
+                f"SELECT device, key, value FROM driver_state ORDER BY device {order}, key {order}"
+            )
+            for r in _salvage_rows(db, sql, out.errors, f"driver_state {order}"):
+                state.setdefault((r[0], r[1]), r)
+        out.driver_state = list(state.values())
     finally:
         db.close()
     return out
@@ -531,6 +550,20 @@ class Store:
                     {"f": forward, "iccid": iccid},
                 )
 
+    def driver_state_get(self, device: str, key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM driver_state WHERE device = ? AND key = ?", (device, key)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def driver_state_set(self, device: str, key: str, value: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO driver_state (device, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (device, key) DO UPDATE SET value = excluded.value",
+                (device, key, value),
+            )
+
     def stored_seq(self) -> int:
         """The highest inventory snapshot number saved so far (0 if none)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
@@ -586,6 +619,10 @@ class Store:
                 "INSERT OR IGNORE INTO sims (iccid, number, number_source, desired_enabled,"
                 " desired_forward, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(*r, now, now) for r in salvage.sims],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO driver_state (device, key, value) VALUES (?, ?, ?)",
+                salvage.driver_state,
             )
 
     # -- intake and reassembly ------------------------------------------------------------

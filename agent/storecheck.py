@@ -15,9 +15,10 @@ This module owns the decision, made once before the agent runs, about the file
   ``agent.db.ok`` says a store was created here.  The file and its ``-wal``/``-shm`` are
   renamed to ``agent.db.damaged-<UTC time>`` (the WAL keeps its pairing, so its committed
   transactions stay with it); what can still be read from a copy (queued messages, dead
-  letters, desired SIM state) is restored into the fresh store; and the incident is recorded
-  in the fresh store, so ``/status``, ``vsim_store_incidents`` (alert ``VsimStoreDamaged``),
-  the ``STATUS=`` line and the start-up log show it until ``vsim-agent store ack``.
+  letters, desired SIM state, driver state) is restored into the fresh store; and the
+  incident is recorded in the fresh store, so ``/status``, ``vsim_store_incidents`` (alert
+  ``VsimStoreDamaged``), the ``STATUS=`` line and the start-up log show it until
+  ``vsim-agent store ack``.
   A refusal would keep every SMS on its SIM, but SIM storage fills within minutes and
   activation codes expire in minutes: starting fresh and keeping the evidence serves both.
 

@@ -12,10 +12,20 @@ Contract (every driver, every test driver):
 * A :class:`SmsPart` stays on the hardware until the core calls ``ack(part.ack_token)``, which it
   does only after the part is committed with fsync.  A driver may emit the same part again (a
   sweep re-reads it, a delete failed): the core deduplicates by content id.
-* ``set_radio`` / ``set_forwarding`` raise :class:`CommandError` with a human-readable reason when
-  the hardware refuses; any other exception is reported as an internal error.
+* Actions take the :class:`SimInfo` the driver last reported for the SIM (its port, slot and
+  ICCID), never a bare port: on a SIM bank or an eUICC several SIMs share one port.  They raise
+  :class:`CommandError` with a human-readable reason when the hardware refuses; any other
+  exception is reported as an internal error.
+* A driver declares its :attr:`Driver.capabilities`.  The core never calls an action outside
+  them: it answers the command ``ok: false, "not supported by <driver>"`` itself.
+* Several SIMs may share a port (bank slots, eSIM profiles): exactly one of them is
+  ``selected`` (in use); the others are reported with ``selected=False`` and the core lists them
+  ``standby`` for as long as the driver reports them (they are not "gone").
+* Small durable state a driver needs across restarts (poll cursors, a gateway's boot id, the
+  rotation order) goes through ``context.state`` (kept in the core's store), never a file of
+  the driver's own.
 
-Sims are identified by ICCID everywhere; ``port`` is only where a SIM sits now.
+Sims are identified by ICCID everywhere; ``port`` and ``slot`` are only where a SIM sits now.
 """
 
 from __future__ import annotations
@@ -49,6 +59,31 @@ class Encoding(enum.StrEnum):
     UNDECODABLE = "undecodable"  # malformed PDU: ``data`` holds the raw TPDU, forwarded as hex
 
 
+class Capability(enum.StrEnum):
+    """What a driver can do beyond reading SIMs and SMS (PROTOCOL.md section 5 commands)."""
+
+    RADIO = "radio"  # set_radio: enable / disable (rental)
+    FORWARDING = "forwarding"  # set_forwarding: forward / unforward
+    SELECT = "select"  # select: make a standby SIM (bank slot, eSIM profile) the selected one
+    ESIM = "esim"  # esim_download / esim_delete
+    USSD = "ussd"  # ussd: run a USSD code on the SIM and return the network's reply
+    CALLS = "calls"  # reports incoming calls
+
+
+class SimKind(enum.StrEnum):
+    SIM = "sim"  # a plastic SIM (or a SIM-bank slot)
+    ESIM = "esim"  # a profile on an eUICC
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A SIM's balance as last read (gateway ``bal``, or a USSD recipe)."""
+
+    amount: float
+    currency: str | None
+    checked_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class Concat:
     """Concatenation info from the UDH (TS 23.040 9.2.3.24.1 IEI 0x00, 9.2.3.24.8 IEI 0x08)."""
@@ -77,6 +112,15 @@ class SimInfo:
     registered: bool = False
     radio_on: bool = True
     forward_to: str | None = None  # as last set or read back; None when off or unknown
+    #: Position inside the port (PROTOCOL.md section 3): "3.02" is port 3, slot 2; None for a
+    #: one-slot port.
+    slot: str | None = None
+    #: The SIM in use on its radio module.  False: present and healthy but another slot or
+    #: profile of the same port is selected (the inventory's ``standby``).
+    selected: bool = True
+    kind: SimKind = SimKind.SIM
+    eid: str | None = None  # the eUICC's id, for an eSIM profile
+    balance: Balance | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,15 +196,35 @@ class UssdRecipe:
     regex: str  # the first group (or whole match) is the number
 
 
+class DriverState:
+    """A driver's small durable key-value (poll cursors, boot ids, rotation order).
+
+    The core's implementation keeps it in its store, per device; this in-memory one serves
+    tests and tools that run a driver without a store.  Values are short strings (a driver
+    encodes anything richer as JSON); writes are durable when ``set`` returns.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    async def get(self, key: str) -> str | None:
+        return self._values.get(key)
+
+    async def set(self, key: str, value: str) -> None:
+        self._values[key] = value
+
+
 @dataclass(slots=True)
 class DriverContext:
-    """What the core hands a driver: its name, and read-only help from the store and config."""
+    """What the core hands a driver: its name, read-only help from the store and config, and a
+    small durable key-value of its own."""
 
     device: str
     state_dir: Path
     #: The number the store has cached for an ICCID (config overrides included), or None.
     cached_number: Callable[[str], str | None] = lambda _iccid: None
     number_recipes: Sequence[UssdRecipe] = field(default_factory=tuple)
+    state: DriverState = field(default_factory=DriverState)
 
 
 class DriverConfig(BaseModel):
@@ -177,6 +241,10 @@ class Driver(abc.ABC):
 
     #: The pydantic model of this driver's ``[[devices]]`` table.
     config_model: ClassVar[type[DriverConfig]] = DriverConfig
+    #: What the core may ask of this driver besides reading (see :class:`Capability`).
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.RADIO, Capability.FORWARDING}
+    )
 
     def __init__(self, config: Any, context: DriverContext) -> None:
         self.config = config
@@ -202,10 +270,36 @@ class Driver(abc.ABC):
     async def ack(self, token: Hashable) -> None:
         """The part with this token is committed: remove it from the hardware (retrying)."""
 
-    @abc.abstractmethod
-    async def set_radio(self, port: str, on: bool) -> None:
-        """Switch the SIM in ``port`` on (registered, receiving) or off."""
+    def _unsupported(self, what: str) -> CommandError:
+        return CommandError(f"{what} is not supported by {type(self).__name__}")
 
-    @abc.abstractmethod
-    async def set_forwarding(self, port: str, to: str | None) -> None:
+    # The actions.  The core calls one only when its capability is declared; the defaults
+    # refuse, so a driver implements exactly what it declares.
+
+    async def set_radio(self, sim: SimInfo, on: bool) -> None:
+        """Switch ``sim`` on (registered, receiving) or off (rental ``disable``)."""
+        raise self._unsupported("enable/disable")
+
+    async def set_forwarding(self, sim: SimInfo, to: str | None) -> None:
         """Set unconditional call forwarding to ``to``, or cancel it with None."""
+        raise self._unsupported("call forwarding")
+
+    async def select(self, sim: SimInfo) -> None:
+        """Make the standby ``sim`` the selected one on its port (bank slot switch, eSIM
+        profile enable); the SIM selected before becomes standby."""
+        raise self._unsupported("slot selection")
+
+    async def esim_download(
+        self, port: str, activation_code: str, confirmation_code: str | None
+    ) -> str:
+        """Download a profile onto the eUICC of ``port`` (the inventory's port string, e.g.
+        ``"gw1/2"``); returns the new profile's ICCID once the hardware reports it."""
+        raise self._unsupported("eSIM download")
+
+    async def esim_delete(self, sim: SimInfo) -> None:
+        """Delete the eSIM profile ``sim`` (the core refuses a selected or rented one first)."""
+        raise self._unsupported("eSIM delete")
+
+    async def ussd(self, sim: SimInfo, code: str) -> str:
+        """Run a USSD code on ``sim``; returns the network's reply as text."""
+        raise self._unsupported("USSD")

@@ -1,17 +1,30 @@
-"""Suite-wide guards (pymodbus style): a test that leaves threads running fails.
+"""Suite-wide settings and guards.
 
-Leaked threads are how a "passing" test hides a reader that never stopped; asyncio's default
-executor threads are closed with each test's loop, so anything still alive a moment after the
-test is a real leak.
+Hypothesis profiles: CI (``CI`` set, as ``.ci/run`` runs) loads ``ci``, which is derandomized:
+every run draws the same examples, so a property test cannot pass on one run and fail on the
+next.  Local runs load ``dev``: the randomized search, which keeps finding new cases (and
+records them in ``.hypothesis/``).  ``HYPOTHESIS_PROFILE=ci|dev`` picks one explicitly.
+
+Thread guard (pymodbus style): a test that leaves threads running fails.  Leaked threads are
+how a "passing" test hides a reader that never stopped; asyncio's default executor threads are
+closed with each test's loop, so anything still alive a moment after the test is a real leak.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,7 @@ from drivers.base import (
     DriverContext,
     DriverError,
     Event,
+    SimInfo,
 )
 
 log = structlog.get_logger(__name__)
@@ -188,8 +189,8 @@ class AtDriver(Driver):
         if supervisor is not None:
             await supervisor.ack(token)
 
-    async def set_radio(self, port: str, on: bool) -> None:
-        await self._port(port).set_radio(on)
+    async def set_radio(self, sim: SimInfo, on: bool) -> None:
+        await self._port(sim.port).set_radio(on)
 
-    async def set_forwarding(self, port: str, to: str | None) -> None:
-        await self._port(port).set_forwarding(to)
+    async def set_forwarding(self, sim: SimInfo, to: str | None) -> None:
+        await self._port(sim.port).set_forwarding(to)

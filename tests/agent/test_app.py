@@ -106,7 +106,10 @@ async def test_inventory_delivery_and_commands(tmp_path: Path) -> None:
         assert h.command_results[cid]["state"] == "disabled"
         await until(lambda: h.sims[sim0]["state"] == "disabled", what="disabled at hub")
         net.send(numbers[0], "held 5555", sender="VKcom")
-        await asyncio.sleep(0.5)
+        # A barrier, not a pause: an SMS to another SIM sent after the held one has arrived,
+        # so the device has read the network past it.
+        net.send(numbers[1], "barrier 0000", sender="Bank")
+        await until(lambda: "barrier 0000" in texts(h), what="the barrier SMS")
         assert "held 5555" not in texts(h) and net.stored() == 1
         cid = h.enqueue_command("enable", sim0)
         await until(lambda: "held 5555" in texts(h), what="held SMS after enable")
@@ -123,7 +126,7 @@ async def test_inventory_delivery_and_commands(tmp_path: Path) -> None:
             base = f"http://127.0.0.1:{app.admin.port}"
             metrics = (await http.get(f"{base}/metrics")).text
             assert 'vsim_sim_state{device="bank",port="bank/0"' in metrics
-            assert "vsim_messages_delivered_total 3.0" in metrics
+            assert "vsim_messages_delivered_total 4.0" in metrics  # with the barrier SMS
             status = (await http.get(f"{base}/status")).json()
             assert status["outbox"]["depth"] == 0 and len(status["sims"]) == 4
             assert (await http.get(f"{base}/healthz")).status_code == 200

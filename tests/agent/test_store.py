@@ -217,3 +217,19 @@ def test_desired_state_survives_reopen(tmp_path: Path) -> None:
 def test_wal_and_full_sync(store: Store) -> None:
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_driver_state_is_durable_per_device(tmp_path: Path) -> None:
+    """DriverContext.state's table: per device, overwritten in place, kept across a reopen."""
+    path = tmp_path / "agent.db"
+    store = Store(path)
+    assert store.driver_state_get("gw1", "cursor") is None
+    store.driver_state_set("gw1", "cursor", "17")
+    store.driver_state_set("gw1", "cursor", "18")
+    store.driver_state_set("gw2", "cursor", "3")
+    store.close()
+    store = Store(path)
+    assert store.driver_state_get("gw1", "cursor") == "18"
+    assert store.driver_state_get("gw2", "cursor") == "3"
+    assert store.driver_state_get("gw1", "boot") is None
+    store.close()

@@ -29,6 +29,7 @@ def queued_store(db: Path, n: int = 50) -> list[str]:
         [part(t, tag=str(i)) for i, t in enumerate(texts)], now=T0, reassembly_timeout_s=600
     )
     store.set_desired("89701012345678901234", enabled=False, now=T0)
+    store.driver_state_set("bank1", "rotation", "3,1,2")
     store.close()
     assert not Path(f"{db}-wal").exists()
     return texts
@@ -136,7 +137,8 @@ def test_damaged_header_is_moved_aside_and_every_queued_row_salvaged(tmp_path: P
     opened = open_store(db, version="test")
     inc = opened.incident
     assert inc is not None and inc["reason"] == "the SQLite header is damaged"
-    assert inc["salvaged"] == {"outbox": 50, "dead_letters": 0, "sims": 1}
+    assert inc["salvaged"] == {"outbox": 50, "dead_letters": 0, "sims": 1, "driver_state": 1}
+    assert opened.store.driver_state_get("bank1", "rotation") == "3,1,2"
     assert outbox_texts(opened.store) == texts  # same order, same ids
     assert opened.store.sims()["89701012345678901234"].desired_enabled is False
     # The evidence is left exactly as found.

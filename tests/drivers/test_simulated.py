@@ -89,17 +89,17 @@ async def test_radio_off_holds_sms_until_on(tmp_path: Path) -> None:
     await d.connect()
     events = Pump(d)
     [p] = await collect(events, 1, SimPresent)
-    await d.set_radio(p.info.port, False)
+    await d.set_radio(p.info, False)
     [off] = await collect(events, 1, SimPresent)
     assert off.info.radio_on is False and off.info.registered is False
     net = SimNetwork(tmp_path / "simnet.db")
     net.send(p.info.iccid, "held")
     with pytest.raises(TimeoutError):
         await collect(events, 1, SmsPart, timeout=0.5)
-    await d.set_radio(p.info.port, True)
+    await d.set_radio(p.info, True)
     [part] = await collect(events, 1, SmsPart)
     assert part.text == "held"
-    await d.set_forwarding(p.info.port, "+79007777777")
+    await d.set_forwarding(p.info, "+79007777777")
     assert net.sim(p.info.iccid)["forward_to"] == "+79007777777"
     await events.aclose()
     await d.close()

@@ -303,11 +303,20 @@ def test_refused_messages_go_to_dead_letters_and_are_resent(
     agent.start()
     wait_until(lambda: len(hub.sims()) == 8, 10, "inventory")
     n0 = agent.numbers()[0]
+
     # The hub forgets everything (a restart of an in-memory hub) right after a heartbeat: the
     # agent believes its SIMs registered, so the next message is rejected as "unknown sim".
-    time.sleep(1)  # past the start-up snapshots: the next PUT /sims is a heartbeat
-    last = hub.state.agents["t1"]["updated"]
-    wait_until(lambda: hub.state.agents["t1"]["updated"] > last, 5, "a heartbeat", interval=0.002)
+    # Past the start-up snapshots: wait for a snapshot that follows the previous one by most of
+    # a heartbeat period (2 s), so it is a heartbeat and the next one is ~2 s away.
+    def heartbeat_seen() -> bool:
+        times = hub.state.request_times("sims")
+        return len(times) >= 2 and times[-1] - times[-2] >= 1.5
+
+    wait_until(heartbeat_seen, 10, "a heartbeat", interval=0.002)
+    beat = hub.state.request_times("sims")[-1]  # recorded on arrival, applied just after
+    wait_until(
+        lambda: hub.state.agents["t1"]["updated"] >= beat, 2, "heartbeat applied", interval=0.002
+    )
     hub.state.reset()  # after the heartbeat was applied, ~2 s before the next one
     agent.net.send(n0, "rejected as unknown sim 1111", sender="VKcom")
     wait_until(lambda: "rejected as unknown sim 1111" in hub.texts(), 10, "re-registered, sent")
@@ -350,7 +359,8 @@ def test_permanently_refused_inventory_is_not_retried_in_a_loop(
     hub.state.add_fault(status=400, count=-1, endpoint="sims")
     agent: Agent = make_agent(hub, upstream={"heartbeat_s": 60})
     agent.start()
-    time.sleep(1)  # past the start-up snapshots
+    # Past the start-up snapshot: the hub has refused it once.
+    wait_until(lambda: hub.requests("sims") >= 1, 10, "the first PUT /sims")
     agent.net.send(agent.numbers()[0], "held for an unregistered SIM 1234")
     t0 = time.time()
     time.sleep(5)

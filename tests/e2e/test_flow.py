@@ -201,10 +201,13 @@ def test_sms_fields_and_content_ids(hub: HubThread, make_agent: Any) -> None:
     agent.net.set_fault(DEVICE, slow_ack_s=0)
     agent.start()
     wait_until(lambda: agent.net.stored() == 0, 10, "the re-read part acked")
-    time.sleep(0.5)  # let a wrongly re-sent copy reach the hub if the agent sent one
+    # A barrier instead of a pause: the outbox goes out in commit order, so once an SMS sent
+    # after the re-read has arrived, a wrongly re-sent copy of the re-read would have too.
+    agent.net.send(n0, "barrier after the re-read", sender="VKcom")
+    wait_until(lambda: "barrier after the re-read" in hub.texts(), 10, "the barrier SMS")
     assert one_message(hub, "Re-read after crash 7777")["body"]["id"] == reread_id
     assert hub.state.messages[reread_id]["count"] == 1
-    assert len(hub.state.messages) == 5
+    assert len(hub.state.messages) == 6
 
 
 def test_multipart_reassembly_partial_and_split_emoji(hub: HubThread, make_agent: Any) -> None:
@@ -320,11 +323,15 @@ def test_commands_executed_once_with_results(make_hub: Any, make_agent: Any) -> 
         5,
         "the execution log line",
     )
+    wait_until(
+        lambda: any(e.get("command_id") == cid for e in agent.events("command repeated")),
+        5,
+        "the agent recognising the repeated id",
+    )
     hub.state.clear_faults()
     wait_until(lambda: cid in hub.state.command_results, 10, "the stored result re-sent")
     assert hub.state.command_results[cid]["ok"] is True
     assert hub.state.command_results[cid]["state"] == "disabled"
-    time.sleep(0.5)
     assert agent.net.sim(s2)["radio_on"] == 1, "the repeated command was executed again"
     executed: dict[str, int] = {}
     for e in agent.events("command executed"):
@@ -383,7 +390,11 @@ def test_rental_through_the_customer_api(hub: HubThread, make_agent: Any) -> Non
     assert full[act]["is_work"] == 0 and full[act]["number"] == number
 
     agent.net.send(number, "Telegram code 55512", sender="Telegram")
-    time.sleep(1.5)
+    # A barrier instead of a pause: an SMS to another SIM of the same bank, sent after the held
+    # one, has reached the hub, so the device has read the network past the held SMS.
+    other = sorted(numbers - {number})[0]
+    agent.net.send(other, "barrier 0000", sender="Bank")
+    wait_until(lambda: "barrier 0000" in hub.texts(), 10, "the barrier SMS")
     assert hub.customer("getstatus", id=act)["small"] == "93401", "a disabled SIM received"
     assert agent.net.stored() == 1, "the network must hold the SMS for the disabled SIM"
     assert agent.status()["outbox"]["depth"] == 0

@@ -319,7 +319,7 @@ def test_an_unplugged_modem_keeps_its_sim_listed_offline(
     inventory as ``offline``, so the hub keeps the number (``getallfullnumbers``, commands)
     instead of forgetting it and learning it anew a few seconds later."""
     line = farm.add("sim800", "pty")
-    agent = make_agent()
+    agent = make_agent(upstream={"heartbeat_s": 1})
     agent.start()
     wait_online(hub, [line.iccid])
     line.modem.unplug()
@@ -328,7 +328,10 @@ def test_an_unplugged_modem_keeps_its_sim_listed_offline(
         10,
         "the hub told about the unplug",
     )
-    time.sleep(1.5)  # past the registrar's debounce: what the hub holds now is what it keeps
+    # Two more snapshots (heartbeats every second) after the hub learnt of the unplug: a
+    # wrong snapshot without the SIM would have replaced the offline entry by now.
+    told = time.time()
+    wait_until(lambda: hub.requests("sims", told) >= 2, 10, "two later snapshots")
     assert hub.sims().get(line.iccid, {}).get("state") == "offline", hub.sims()
     line.modem.replug()
     wait_online(hub, [line.iccid])

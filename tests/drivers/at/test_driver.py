@@ -18,6 +18,7 @@ from drivers.base import (
     DriverError,
     Encoding,
     SimGone,
+    SimInfo,
     SimPresent,
     SmsPart,
     UssdRecipe,
@@ -26,6 +27,16 @@ from tests.drivers.at.emu import WHEN, Harness, sms, until
 from tests.emulator import EmulatedModem, ModemServer, SimCard, ussd_pack_hex
 from tests.emulator.sim import StoredSms
 from tests.support.pdu_encoder import encode_status_report, split_message
+
+
+def at_port(port: str) -> SimInfo:
+    """The SimInfo an action addresses: the AT driver acts on the SIM's port."""
+    return SimInfo(port=port, iccid="")
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -272,12 +283,12 @@ async def test_radio_off_and_on(server: ModemServer, harness: Make, profile: str
     modem = EmulatedModem(profile)
     h = await harness([server.start_pty(modem)])
     await h.sim()
-    await h.driver.set_radio("pool/0", False)
+    await h.driver.set_radio(at_port("pool/0"), False)
     assert not modem.radio_on
     assert f"AT+CFUN={off}" in modem.commands()
     info = await h.wait(SimPresent, lambda e: not e.info.radio_on)
     assert not info.info.registered
-    await h.driver.set_radio("pool/0", True)
+    await h.driver.set_radio(at_port("pool/0"), True)
     assert modem.radio_on and modem.registered
     on = await h.wait_new(SimPresent, lambda e: e.info.radio_on and e.info.registered)
     assert on.info.port == "pool/0"
@@ -289,7 +300,7 @@ async def test_radio_state_is_reapplied_after_a_modem_reset(
     modem = EmulatedModem("ec25")
     h = await harness([server.start_pty(modem)])
     await h.sim()
-    await h.driver.set_radio("pool/0", False)
+    await h.driver.set_radio(at_port("pool/0"), False)
     modem.reset()  # boots with CFUN=1 and says RDY
     await until(lambda: modem.powered and modem.commands().count("AT+CFUN=4") == 2)
     assert not modem.radio_on
@@ -299,14 +310,14 @@ async def test_call_forwarding_set_and_cleared(server: ModemServer, harness: Mak
     modem = EmulatedModem("ec25")
     h = await harness([f"socket://127.0.0.1:{server.start_tcp(modem)}"])
     await h.sim()
-    await h.driver.set_forwarding("pool/0", "+79001112233")
+    await h.driver.set_forwarding(at_port("pool/0"), "+79001112233")
     sim = modem.sim
     assert sim is not None
     assert 'AT+CCFC=0,3,"+79001112233",145' in modem.commands()
     assert sim.forwarding[0].number == "+79001112233" and sim.forwarding[0].active
     info = await h.wait(SimPresent, lambda e: e.info.forward_to == "+79001112233")
     assert info.info.iccid == sim.iccid
-    await h.driver.set_forwarding("pool/0", None)
+    await h.driver.set_forwarding(at_port("pool/0"), None)
     assert "AT+CCFC=0,4" in modem.commands()
     assert 0 not in sim.forwarding or not sim.forwarding[0].active
     await h.wait(SimPresent, lambda e: e.info.forward_to is None and e.info.iccid == sim.iccid)
@@ -320,11 +331,11 @@ async def test_forwarding_refused_raises_command_error_with_the_modem_error(
     await h.sim()
     modem.cme_error("AT+CCFC", 30)
     with pytest.raises(CommandError, match=r"\+CME ERROR: 30 \(no network service\)"):
-        await h.driver.set_forwarding("pool/0", "+79001112233")
+        await h.driver.set_forwarding(at_port("pool/0"), "+79001112233")
     with pytest.raises(CommandError, match="no such port"):
-        await h.driver.set_forwarding("pool/9", None)
+        await h.driver.set_forwarding(at_port("pool/9"), None)
     with pytest.raises(CommandError, match="not a phone number"):
-        await h.driver.set_forwarding("pool/0", "12; rm -rf")
+        await h.driver.set_forwarding(at_port("pool/0"), "12; rm -rf")
 
 
 async def test_forwarding_waits_for_registration_then_gives_up(
@@ -335,7 +346,7 @@ async def test_forwarding_waits_for_registration_then_gives_up(
     await h.sim()
     modem.set_network(2)  # searching: no service
     with pytest.raises(CommandError, match="not registered"):
-        await h.driver.set_forwarding("pool/0", "+79001112233")
+        await h.driver.set_forwarding(at_port("pool/0"), "+79001112233")
     assert not any(c.startswith("AT+CCFC") for c in modem.commands())
 
 
@@ -597,9 +608,12 @@ async def test_unreadable_iccid_waits_instead_of_spinning(
     for prefix in ("AT+QCCID", "AT+CCID", "AT+CICCID", "AT^ICCID", "AT+CRSM"):
         modem.error(prefix, times=1000)
     h = await harness([server.start_pty(modem)], poll_s=0.5)
-    await asyncio.sleep(1.2)
+    t0 = loop_time()
+    # The driver has looked at the SIM again (a later poll) and still reports nothing.
+    await until(lambda: modem.commands().count("AT+CPIN?") >= 3, timeout=5)
     assert not h.of(SimPresent)
-    assert modem.commands().count("AT+CPIN?") <= 4  # once per poll_s, not in a loop
+    # Once per poll_s, not in a loop (two polls of slack for start-up and timing).
+    assert modem.commands().count("AT+CPIN?") <= (loop_time() - t0) / 0.5 + 3
     modem.clear_faults()
     await h.sim(timeout=3)
     # Again from a working session: a SIM re-check that cannot read the ICCID must wait too.
@@ -608,8 +622,9 @@ async def test_unreadable_iccid_waits_instead_of_spinning(
     before = modem.commands().count("AT+CPIN?")
     modem.inject_urc("+CPIN: READY")
     await h.gone()
-    await asyncio.sleep(1.2)
-    assert modem.commands().count("AT+CPIN?") - before <= 4
+    t0 = loop_time()
+    await until(lambda: modem.commands().count("AT+CPIN?") - before >= 3, timeout=5)
+    assert modem.commands().count("AT+CPIN?") - before <= (loop_time() - t0) / 0.5 + 3
 
 
 async def test_stored_outgoing_drafts_are_left_alone(server: ModemServer, harness: Make) -> None:

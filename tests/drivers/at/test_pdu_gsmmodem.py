@@ -12,10 +12,17 @@ either side changes:
   2000 + YY (TS 23.040 9.2.3.11 gives no century).  Generated times stop at 2068.
 * It decodes UCS2 unit by unit, so an emoji comes back as two lone surrogates; comparing its
   output re-encoded with "surrogatepass" against our raw bytes is exact.
+* It drops a trailing "@" when the septets fill the last octet exactly (8, 16, ... septets):
+  it cannot tell the character 0x00 from fill bits, although TP-UDL counts it (TS 23.040
+  9.2.3.16; TS 23.038 6.1.2.3.1 suggests <CR> padding precisely because of this ambiguity).
+  Generated texts never end in "@"; a test pins the difference.
+
+``VSIM_DIFF_EXAMPLES=N`` widens the generated search for a local soak (100 by default).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -120,20 +127,35 @@ def test_gsmmodem_section_sign_and_form_feed_differ_from_ts_23038():
     assert theirs(pdu)["text"] != "§\f"
 
 
+def test_gsmmodem_drops_a_trailing_at_sign_on_an_octet_boundary():
+    when = datetime(2024, 1, 2, tzinfo=UTC)
+    for text in ["abcdefg@", "abcdefghijklmno@"]:
+        pdu = encode_deliver("+1", text, sent_at=when)
+        assert parse_pdu(pdu).text == text  # TP-UDL says 8 (16) septets: the last one is "@"
+        assert theirs(pdu)["text"] == text[:-1], "fixed upstream? revisit"
+    # Off the octet boundary both agree.
+    assert_same(encode_deliver("+1", "abcdef@", sent_at=when))
+
+
 def test_gsmmodem_reads_years_69_to_99_as_last_century():
     pdu = encode_deliver("+1", "x", sent_at=datetime(2069, 5, 6, tzinfo=UTC))
     assert parse_pdu(pdu).sent_at.year == 2069
     assert theirs(pdu)["time"].year == 1969
 
 
-# Characters both decoders map the same way (see the module docstring).
+# Characters both decoders map the same way, and no trailing "@" (see the module docstring).
 COMMON_GSM7 = "".join(c for c in GSM7_CHARS if c not in "§\f")
-DIFF = settings(max_examples=100, deadline=None)
-sender = st.one_of(international, national, alphanumeric.filter(lambda s: not set(s) & set("§\f")))
+common_text = st.text(alphabet=COMMON_GSM7, max_size=80).filter(lambda t: not t.endswith("@"))
+DIFF = settings(max_examples=int(os.environ.get("VSIM_DIFF_EXAMPLES", "100")), deadline=None)
+sender = st.one_of(
+    international,
+    national,
+    alphanumeric.filter(lambda s: not set(s) & set("§\f") and not s.endswith("@")),
+)
 
 
 @DIFF
-@given(st.text(alphabet=COMMON_GSM7, max_size=80), sender, sent_at(2068), smsc)
+@given(common_text, sender, sent_at(2068), smsc)
 def test_single_part_gsm7_agrees(text, who, when, sc):
     assert_same(encode_deliver(who, text, sent_at=when, smsc=sc))
 
@@ -146,7 +168,7 @@ def test_single_part_ucs2_agrees(text, who, when, sc):
 
 @DIFF
 @given(
-    st.text(alphabet=COMMON_GSM7, max_size=60),
+    st.text(alphabet=COMMON_GSM7, max_size=60).filter(lambda t: not t.endswith("@")),
     st.sampled_from(["gsm7", "ucs2"]),
     st.integers(0, 255),
     st.integers(1, 255),
