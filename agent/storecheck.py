@@ -226,7 +226,11 @@ def _replace_damaged(db: Path, reason: str, marker: dict[str, Any] | None, versi
                 ) from None
             moved = moved or suffix == ""
     salvaged = _salvage(target) if moved and target.stat().st_size else Salvage()
-    store = _open(db)
+    try:
+        store = _open(db)
+    except StoreError as exc:
+        where = f"moved aside to {target}" if moved else "nothing to move aside"
+        raise StoreError(f"{exc}; the damaged store ({reason}) was {where}") from None
     store.restore(salvaged, now=now)
     incident: dict[str, Any] = {
         "at": iso(now),

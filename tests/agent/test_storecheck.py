@@ -6,6 +6,7 @@ The end-to-end versions (a real ``vsim-agent run`` with 300 queued SMS, its exit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -202,3 +203,30 @@ def test_write_failure_leaves_no_open_transaction(tmp_path: Path) -> None:
     store.ingest([part("after")], now=T0, reassembly_timeout_s=600)
     assert outbox_texts(store) == ["after"]
     store.close()
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root")
+def test_damage_found_on_a_full_disk_is_refused_and_says_where_the_store_went(
+    tmp_path: Path,
+) -> None:
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.system(f"mount -t tmpfs -o size=1m tmpfs {mnt} 2>/dev/null") != 0:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        db = mnt / "agent.db"
+        queued_store(db, 5)
+        db.write_bytes(b"")
+        with (mnt / "filler").open("wb", buffering=0) as f:
+            for size in (4096, 1):
+                with contextlib.suppress(OSError):  # ENOSPC: the file system is full
+                    while True:
+                        f.write(b"\0" * size)
+        with pytest.raises(StoreError) as err:
+            open_store(db, version="test")
+        text = str(err.value)
+        assert "disk full" in text and "the damaged store (the file is empty (0 bytes))" in text
+        moved = text.rsplit("moved aside to ", 1)[1]
+        assert Path(moved).exists() and Path(moved).name.startswith("agent.db.damaged-")
+    finally:
+        os.system(f"umount {mnt}")
