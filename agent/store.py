@@ -352,7 +352,13 @@ def salvage(copy: Path) -> Salvage:
     forwards and then backwards, so rows on both sides of one bad page come back."""
     out = Salvage()
     with copy.open("r+b") as f:
-        if f.read(16) != SQLITE_MAGIC:
+        header = f.read(100)
+        if not header:
+            # SQLite deletes the WAL of an empty database file; one placeholder page makes it
+            # read the WAL, whose frames (page 1 included, if written since the last
+            # checkpoint) stand in for the lost pages.
+            f.write(SQLITE_MAGIC + bytes(4096 - 16))
+        elif header[:16] != SQLITE_MAGIC:
             f.seek(0)
             f.write(SQLITE_MAGIC)
     try:
@@ -429,6 +435,13 @@ class Store:
                 os.fchmod(fd, 0o600)  # exactly, whatever bits the umask took away
                 os.close(fd)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        try:
+            self._setup(reader)
+        except BaseException:
+            self._db.close()  # a refused store leaves no open file behind
+            raise
+
+    def _setup(self, reader: bool) -> None:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=5000")
         if reader:

@@ -225,7 +225,11 @@ def _replace_damaged(db: Path, reason: str, marker: dict[str, Any] | None, versi
                     f"{db} is damaged ({reason}) and cannot be moved aside: {exc.strerror}"
                 ) from None
             moved = moved or suffix == ""
-    salvaged = _salvage(target) if moved and target.stat().st_size else Salvage()
+    # An emptied file may still have its WAL, which holds every page written since the last
+    # checkpoint (after a crash, often the whole recent outbox): worth reading too.
+    wal = Path(f"{target}-wal")
+    readable = moved and (target.stat().st_size > 0 or (wal.exists() and wal.stat().st_size > 0))
+    salvaged = _salvage(target) if readable else Salvage()
     try:
         store = _open(db)
     except StoreError as exc:

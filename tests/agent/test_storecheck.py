@@ -185,7 +185,7 @@ def test_a_read_only_store_is_refused_with_its_path(tmp_path: Path) -> None:
             err.value
         )
     finally:
-        os.system(f"umount {mnt}")
+        os.system(f"umount {mnt} || umount -l {mnt}")
 
 
 def test_write_failure_leaves_no_open_transaction(tmp_path: Path) -> None:
@@ -229,4 +229,30 @@ def test_damage_found_on_a_full_disk_is_refused_and_says_where_the_store_went(
         moved = text.rsplit("moved aside to ", 1)[1]
         assert Path(moved).exists() and Path(moved).name.startswith("agent.db.damaged-")
     finally:
-        os.system(f"umount {mnt}")
+        os.system(f"umount {mnt} || umount -l {mnt}")
+
+
+def test_emptied_after_a_crash_salvages_what_the_wal_still_holds(tmp_path: Path) -> None:
+    """A crash leaves recent commits in ``agent.db-wal``; the main file is then emptied.
+    SQLite would delete that WAL on open; the salvage reads it instead."""
+    live = tmp_path / "live" / "agent.db"
+    store = open_store(live, version="test").store
+    texts = [f"crash {i:03d}" for i in range(300)]
+    store.ingest([part(t, tag=t) for t in texts], now=T0, reassembly_timeout_s=600)
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    # The files as a SIGKILL leaves them: copied while the connection is still open.
+    for name in ("agent.db", "agent.db-wal", "agent.db-shm", "agent.db.ok"):
+        (crashed / name).write_bytes((live.parent / name).read_bytes())
+    store.close()
+    assert (crashed / "agent.db-wal").stat().st_size > 0
+    (crashed / "agent.db").write_bytes(b"")
+    opened = open_store(crashed / "agent.db", version="test")
+    inc = opened.incident
+    assert inc is not None and inc["reason"] == "the file is empty (0 bytes)"
+    assert outbox_texts(opened.store) == texts
+    assert inc["salvaged"]["outbox"] == 300 and inc["salvage_errors"] == []
+    # The moved-aside pair is untouched: still an empty file and its WAL.
+    assert Path(inc["moved_to"]).stat().st_size == 0
+    assert Path(f"{inc['moved_to']}-wal").stat().st_size > 0
+    opened.store.close()
