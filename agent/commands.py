@@ -12,6 +12,9 @@ PROTOCOL.md section 5, as the agent side:
   SIM (re)appears.
 * Bad commands (not an object, no id, unknown type, unknown SIM, bad number) get
   ``{"ok": false, "error": …}``, never a crash; every command finishes within 60 s.
+* A command for a SIM no device has reported yet waits until the devices have settled (at
+  most ``UNKNOWN_SIM_HOLD_S``) before it is answered ``unknown sim``: after a restart the
+  hub's pending commands arrive before the modems have found their SIMs.
 * Results are reported by a separate loop until the hub takes them (durable ``reported`` flag).
 """
 
@@ -40,6 +43,10 @@ COMMAND_TIMEOUT_S = 60.0
 TYPES = ("enable", "disable", "forward", "unforward", "ussd", "esim_download", "esim_delete")
 #: A USSD code as TS 22.030 clause 6.5 writes them: digits, * and #, ending in #.
 USSD_CODE = re.compile(r"[*#][0-9*#]{1,40}#")
+#: How long a command for a SIM not seen yet waits for the devices to report their SIMs
+#: (after a restart the long-poll answers long before a modem has read its SIM cards).
+UNKNOWN_SIM_HOLD_S = 30.0
+HOLD_POLL_S = 0.05
 
 
 class Commands:
@@ -169,7 +176,7 @@ class Commands:
             return {"ok": False, "error": f"unsupported command type {ctype!r}"}
         if ctype == "esim_download":
             return await self._esim_download(body)
-        if not isinstance(sim_id, str) or sim_id not in core.inventory.sims:
+        if not isinstance(sim_id, str) or not await self._await_sim(sim_id):
             return {"ok": False, "error": f"unknown sim {sim_id!r}"}
         to, code = body.get("to"), body.get("code")
         if ctype == "forward" and not (isinstance(to, str) and E164.match(to)):
@@ -195,6 +202,33 @@ class Commands:
         now = core.inventory.sims.get(sim_id)
         result["state"] = now.state if now is not None else None
         return result
+
+    async def _await_sim(self, sim_id: str) -> bool:
+        """Whether ``sim_id`` is in the inventory, holding (bounded) until the devices settle.
+
+        A SIM the devices have not reported yet is not necessarily unknown: after a restart
+        the hub's pending commands arrive before the modems have found their SIMs.  The hold
+        ends as soon as the SIM appears, or once every device has settled (the signal the
+        first ``PUT /sims`` waits for) with all of them up, since then every present SIM has
+        been reported.  A device seen down meanwhile may still bring the SIM back when it
+        reconnects (its SIMs follow its DeviceUp), so then the hold lasts the full
+        ``UNKNOWN_SIM_HOLD_S``.
+        """
+        sims, devices = self.core.inventory.sims, self.core.devices.values()
+        deadline = time.monotonic() + UNKNOWN_SIM_HOLD_S
+        down_seen = logged = False
+        while sim_id not in sims:
+            # A device counts as down once it has tried (before that it is still connecting).
+            down_seen = down_seen or any(s.first_attempt.is_set() and not s.up for s in devices)
+            if all(s.first_attempt.is_set() for s in devices) and not down_seen:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            if not logged:
+                logged = True
+                log.info("command waits for the devices to report their SIMs", sim_id=sim_id)
+            await asyncio.sleep(HOLD_POLL_S)
+        return True
 
     async def _esim_download(self, body: dict[str, Any]) -> dict[str, Any]:
         device, port = body.get("device"), body.get("port")

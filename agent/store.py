@@ -131,6 +131,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device, key)
     );
     """,
+    # 3: a part decoded despite a defect in its PDU says what the defect was.
+    """
+    ALTER TABLE parts ADD COLUMN malformed TEXT;
+    """,
 )
 
 
@@ -700,9 +704,9 @@ class Store:
                 return
         self._db.execute(
             "INSERT INTO parts (part_id, iccid, sender, ref_bits, ref, part_no, total, encoding,"
-            " text, data, raw, sent_at, flash, received_at) VALUES (:part_id, :iccid, :sender,"
-            " :ref_bits, :ref, :part_no, :total, :encoding, :text, :data, :raw, :sent_at,"
-            " :flash, :now)",
+            " text, data, raw, sent_at, flash, malformed, received_at) VALUES (:part_id, :iccid,"
+            " :sender, :ref_bits, :ref, :part_no, :total, :encoding, :text, :data, :raw,"
+            " :sent_at, :flash, :malformed, :now)",
             {
                 **key,
                 "part_id": part_id,
@@ -713,6 +717,7 @@ class Store:
                 "raw": part.raw,
                 "sent_at": part.sent_at.isoformat() if part.sent_at else None,
                 "flash": int(part.flash),
+                "malformed": part.malformed,
                 "now": now,
             },
         )
@@ -792,6 +797,14 @@ class Store:
             body["encoding"] = marker
         if any(p["flash"] for p in parts):
             body["flash"] = True
+        defects = [(n, p["malformed"]) for n, p in enumerate(parts, 1) if p["malformed"]]
+        if defects:
+            # Decoded as the PDU announced, but flagged, with every raw byte kept (the TPDU
+            # of each part, in part order) so the platform can look at what was dropped.
+            body["malformed"] = "; ".join(
+                f"part {n}: {d}" if len(parts) > 1 else d for n, d in defects
+            )
+            body["raw"] = [bytes(p["raw"]).hex().upper() for p in parts]
         self._db.execute(
             "INSERT OR IGNORE INTO outbox (id, iccid, body, stored_at)"
             " VALUES (:id, :iccid, :body, :now)",
@@ -993,11 +1006,15 @@ def _row_of(part: SmsPart) -> dict[str, Any]:
         "raw": part.raw,
         "sent_at": part.sent_at.isoformat() if part.sent_at else None,
         "flash": part.flash,
+        "malformed": part.malformed,
     }
 
 
+_PART_FIELDS = ("sender", "encoding", "text", "data", "raw", "sent_at", "flash", "malformed")
+
+
 def _row_dict(r: sqlite3.Row) -> dict[str, Any]:
-    return {k: r[k] for k in ("sender", "encoding", "text", "data", "raw", "sent_at", "flash")}
+    return {k: r[k] for k in _PART_FIELDS}
 
 
 def _command_row(r: sqlite3.Row) -> CommandRow:

@@ -17,9 +17,10 @@ holds their SMS, as it does for a SIM that is not in a radio module); ``select``
 port's slot, and on eUICC ports ``esim_download`` / ``esim_delete`` add and remove profiles.
 
 Faults on demand (``SimNetwork.set_fault``): a device goes down (connect fails, the event stream
-ends), or acks become slow.  Multipart messages are sent as parts with concatenation info, in any
-order, optionally with parts dropped; UCS2 text travels as UTF-16BE bytes so a surrogate pair can
-be split across parts as phones do.
+ends), acks become slow, or connecting becomes slow (a modem pool still reading its SIM cards).
+Multipart messages are sent as parts with concatenation info, in any order, optionally with
+parts dropped; UCS2 text travels as UTF-16BE bytes so a surrogate pair can be split across
+parts as phones do.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ CREATE TABLE IF NOT EXISTS sms (
 );
 CREATE INDEX IF NOT EXISTS sms_device ON sms (device, id);
 CREATE TABLE IF NOT EXISTS faults (
-    device TEXT PRIMARY KEY, down INTEGER NOT NULL DEFAULT 0, slow_ack_s REAL NOT NULL DEFAULT 0
+    device TEXT PRIMARY KEY, down INTEGER NOT NULL DEFAULT 0, slow_ack_s REAL NOT NULL DEFAULT 0,
+    slow_connect_s REAL NOT NULL DEFAULT 0
 );
 """
 
@@ -173,6 +175,11 @@ class SimNetwork:
         self._db.execute("PRAGMA synchronous=FULL")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(faults)")}
+            if "slow_connect_s" not in columns:  # a network file from an older version
+                self._db.execute(
+                    "ALTER TABLE faults ADD COLUMN slow_connect_s REAL NOT NULL DEFAULT 0"
+                )
         self._ref = int.from_bytes(os.urandom(2), "big")
 
     def close(self) -> None:
@@ -354,9 +361,18 @@ class SimNetwork:
     # -- faults ----------------------------------------------------------------------------
 
     def set_fault(
-        self, device: str, *, down: bool | None = None, slow_ack_s: float | None = None
+        self,
+        device: str,
+        *,
+        down: bool | None = None,
+        slow_ack_s: float | None = None,
+        slow_connect_s: float | None = None,
     ) -> None:
         self._write("INSERT OR IGNORE INTO faults (device) VALUES (?)", (device,))
+        if slow_connect_s is not None:
+            self._write(
+                "UPDATE faults SET slow_connect_s = ? WHERE device = ?", (slow_connect_s, device)
+            )
         if down is not None:
             self._write("UPDATE faults SET down = ? WHERE device = ?", (int(down), device))
         if slow_ack_s is not None:
@@ -368,6 +384,14 @@ class SimNetwork:
                 "SELECT down, slow_ack_s FROM faults WHERE device = ?", (device,)
             ).fetchone()
         return (False, 0.0) if row is None else (bool(row[0]), float(row[1]))
+
+    def connect_delay(self, device: str) -> float:
+        """Seconds a connect of ``device`` takes before its SIMs are known (0: at once)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT slow_connect_s FROM faults WHERE device = ?", (device,)
+            ).fetchone()
+        return 0.0 if row is None else float(row[0])
 
     # -- SMS -------------------------------------------------------------------------------
 
@@ -548,6 +572,9 @@ class SimulatedDriver(Driver):
             down, _ = net.faults(self.name)
             if down:
                 raise DriverError("simulated device is down (fault injected)")
+            delay = net.connect_delay(self.name)
+            if delay:
+                await asyncio.sleep(delay)  # as a modem pool still reading its SIM cards
             rows = await asyncio.to_thread(
                 functools.partial(
                     net.provision,
