@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,10 +35,11 @@ from agent.core import Core, HubHealth
 from agent.devices import DeviceSupervisor, Intake
 from agent.hubclient import HubClient
 from agent.inventory import Inventory
-from agent.metrics import Metric, Metrics, counter, gauge
+from agent.metrics import Metric, Metrics, counter, gauge, store_metrics
 from agent.outboxstats import OutboxStats
 from agent.sdnotify import Notifier, Watchdog, watchdog_interval
-from agent.store import AsyncStore, Store
+from agent.store import AsyncStore, StoreError
+from agent.storecheck import incident_message, open_store, write_marker
 from agent.uplink import Registrar, Sender
 
 log = structlog.get_logger("agent.app")
@@ -54,7 +56,13 @@ class App:
         self.config = config
         self.notifier = notifier or Notifier.from_env()
         self.metrics = Metrics()
-        self.cached: dict[str, Any] = {"depth": 0, "oldest": None, "dead": 0, "pending": 0}
+        self.cached: dict[str, Any] = {
+            "depth": 0,
+            "oldest": None,
+            "dead": 0,
+            "pending": 0,
+            "incidents": [],
+        }
         self.core: Core | None = None
         self.admin: AdminServer | None = None
         self.stats: OutboxStats | None = None
@@ -64,7 +72,7 @@ class App:
 
     def _build(self) -> Core:
         cfg = self.config
-        store = Store(cfg.agent.state_dir / "agent.db")
+        store = open_store(self.db_path, version=__version__).store
         inventory = Inventory(cfg.agent.id, cfg.sim_numbers)
         inventory.load(store.sims())
         hub = HubClient(
@@ -86,13 +94,29 @@ class App:
 
     # -- run ------------------------------------------------------------------------------
 
+    @property
+    def db_path(self) -> Path:
+        return self.config.agent.state_dir / "agent.db"
+
     async def run(self, shutdown: asyncio.Event) -> None:
-        core = self.core = self._build()
+        try:
+            core = self.core = self._build()
+        except StoreError as exc:
+            # systemctl status shows why the unit will not start (cli.py exits 2).
+            self.notifier.status(f"store error: {exc}")
+            self.notifier.close()
+            raise
+        stopped = False
         try:
             await self._run(core, shutdown)
+            stopped = True
         finally:
             await core.hub.aclose()
             await asyncio.to_thread(core.store.close)
+            if stopped:
+                # The marker remembers what a clean stop left queued, so a store emptied
+                # behind the agent's back reports how many messages it held.
+                write_marker(self.db_path, version=__version__, queued=self.cached["depth"])
             self.notifier.close()
 
     async def _run(self, core: Core, shutdown: asyncio.Event) -> None:
@@ -174,6 +198,7 @@ class App:
                 self.admin.close()
                 await asyncio.gather(admin_task, return_exceptions=True)
         depth, _ = await core.store.read(core.store.reader.outbox_stats)
+        self.cached["depth"] = depth
         log.info("stopped", queued=depth)
 
     async def _announce_ready(self) -> None:
@@ -202,12 +227,25 @@ class App:
             line += f", {self.cached['dead']} dead letters"
         if self.core.health.auth_failed:
             line += ", HUB AUTH FAILED"
+        health = self.core.store.health
+        if not health.writable:
+            line += f", store: cannot write ({health.kind})"
+        if self.cached["incidents"]:
+            line += ", STORE DAMAGED AT START: moved aside (vsim-agent status)"
         return line
 
     async def _refresh(self) -> None:
-        assert self.stats is not None
+        core = self.core
+        assert core is not None and self.stats is not None
         f = await self.stats.get()
-        self.cached = {"depth": f.depth, "oldest": f.oldest, "dead": f.dead, "pending": f.pending}
+        self.cached = {
+            "depth": f.depth,
+            "oldest": f.oldest,
+            "dead": f.dead,
+            "pending": f.pending,
+            "incidents": list(f.incidents),
+        }
+        core.store.health.refresh()
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -260,6 +298,13 @@ class App:
                 "dead_letters": self.cached["dead"],
                 "reassembly_pending_parts": self.cached["pending"],
             },
+            "store": {
+                "path": str(self.db_path),
+                **core.store.health.as_dict(),
+                "incidents": [
+                    {**i, "message": incident_message(i)} for i in self.cached["incidents"]
+                ],
+            },
             "sims": sims,
         }
 
@@ -309,7 +354,21 @@ class App:
         dead.add_metric([], float(self.cached["dead"]))
         pending = gauge("vsim_reassembly_pending_parts", "Parts waiting for siblings", [])
         pending.add_metric([], float(self.cached["pending"]))
-        return [state, signal, received, last, up, used, total, depth, age, dead, pending]
+        health = core.store.health
+        return [
+            state,
+            signal,
+            received,
+            last,
+            up,
+            used,
+            total,
+            depth,
+            age,
+            dead,
+            pending,
+            *store_metrics(health.writable, health.errors, len(self.cached["incidents"])),
+        ]
 
 
 async def run(config: Config, shutdown: asyncio.Event) -> None:

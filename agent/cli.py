@@ -1,7 +1,8 @@
-"""The ``vsim-agent`` command: run, check, demo, status, queue, hub, probe.
+"""The ``vsim-agent`` command: run, check, demo, status, queue, store, hub, probe.
 
 Only this module (the process entry point) installs signal handlers: SIGTERM and SIGINT set
-the app's shutdown event.  Exit codes: 0 success, 1 runtime failure, 2 config or usage error.
+the app's shutdown event.  Exit codes: 0 success, 1 runtime failure, 2 config or usage error
+or a store the agent must not run on (agent/storecheck.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def _install_signals(loop: asyncio.AbstractEventLoop, shutdown: asyncio.Event) -
 def cmd_run(args: argparse.Namespace) -> int:
     from agent import logs
     from agent.app import App
+    from agent.store import StoreError
 
     config = _load(args.config)
     log_cfg = config.settings.log
@@ -74,6 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except StoreError as exc:
+        # Restarting cannot fix it (the unit has RestartPreventExitStatus=2): say what can.
+        print(f"store error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("cannot run", error=str(exc))
         return 1
@@ -148,6 +154,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"queue {ob['depth']} waiting (oldest {_age(ob['oldest_age_s'])}), "
         f"{ob['dead_letters']} dead letters, {ob['reassembly_pending_parts']} parts pending"
     )
+    store = st.get("store") or {}
+    if store and not store.get("writable", True):
+        print(f"store {store['path']}  CANNOT WRITE ({store['error']}) since {store['since']}")
+    for incident in store.get("incidents", []):
+        print(f"store DAMAGED AT START: {incident['message']}  (vsim-agent store ack)")
     for d in st["devices"]:
         health = "up" if d["up"] else f"DOWN: {d['reason']}"
         print(f"device {d['name']} ({d['driver']}): {health}")
@@ -230,6 +241,29 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    """``store ack``: the operator has dealt with the damaged stores moved aside at start."""
+    from agent.store import Store
+
+    config = _load(args.config, require_key=False)
+    db = config.agent.state_dir / "agent.db"
+    if not db.exists():
+        print(f"no store at {db}", file=sys.stderr)
+        return 1
+    store = Store(db)
+    try:
+        for incident in store.incidents():
+            print(
+                f"acknowledged: {incident.get('file')}: {incident.get('reason')}"
+                f" (moved to {incident.get('moved_to')})"
+            )
+        n = store.ack_incidents()
+    finally:
+        store.close()
+    print(f"{n} incident(s) acknowledged; the moved-aside files are left where they are")
+    return 0
+
+
 def cmd_hub(args: argparse.Namespace) -> int:
     from agent import logs
     from agent.hub import HubConfig, run_hub
@@ -308,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("ids", nargs="*", help="message ids to re-send")
     sp.add_argument("--all", action="store_true", help="re-send every dead letter")
     sp.set_defaults(fn=cmd_queue)
+    sp = with_config(sub.add_parser("store", help="acknowledge damaged stores moved aside"))
+    sp.add_argument("action", choices=["ack"])
+    sp.set_defaults(fn=cmd_store)
     sp = sub.add_parser("hub", help="run the reference hub")
     sp.add_argument("--listen", default="127.0.0.1:8780")
     sp.add_argument("--agent-key", default="demo-key")

@@ -230,18 +230,21 @@ class DeviceSupervisor:
             await self.intake.put(self, event)
         elif isinstance(event, SimPresent):
             sim = inv.present(self.name, event.info)
-            await self.core.store.call(
-                self.core.store.store.upsert_sim,
-                iccid=sim.iccid,
-                imsi=event.info.imsi,
-                number=sim.number,
-                number_source=sim.number_source,
-                device=self.name,
-                port=event.info.port,
-                operator=event.info.operator,
-                mcc_mnc=event.info.mcc_mnc,
-                now=time.time(),
-            )
+            # Best effort: the row caches what the hardware said (the inventory in memory is
+            # what counts while running); waiting for a full disk here would stall the device.
+            with suppress(sqlite3.Error):
+                await self.core.store.attempt(
+                    self.core.store.store.upsert_sim,
+                    iccid=sim.iccid,
+                    imsi=event.info.imsi,
+                    number=sim.number,
+                    number_source=sim.number_source,
+                    device=self.name,
+                    port=event.info.port,
+                    operator=event.info.operator,
+                    mcc_mnc=event.info.mcc_mnc,
+                    now=time.time(),
+                )
             self._reapply(sim.iccid)
         elif isinstance(event, SimGone):
             inv.gone(event.port, event.iccid)
@@ -331,7 +334,10 @@ class Intake:
         self.core = core
         self._queue: asyncio.Queue[tuple[DeviceSupervisor, SmsPart]] = asyncio.Queue(20000)
         self._retry: deque[tuple[DeviceSupervisor, SmsPart]] = deque()
-        self._backoff = Backoff(0.5, 30.0)
+        # A failing commit is cheap (SQLITE_FULL comes back at once), and every second of
+        # backoff is a second the SMS waits on its SIM after the disk is freed: cap it low
+        # (below agent.store.WRITABLE_AFTER_S, so the store's health does not flap).
+        self._backoff = Backoff(0.5, 2.0)
 
     async def put(self, sup: DeviceSupervisor, part: SmsPart) -> None:
         await self._queue.put((sup, part))
@@ -357,7 +363,9 @@ class Intake:
                 batch.append(self._queue.get_nowait())
             now = time.time()
             try:
-                result = await core.store.call(
+                # Tried once: the retry below beats the watchdog while it waits (a full
+                # disk is no reason for systemd to restart the agent).
+                result = await core.store.attempt(
                     core.store.store.ingest,
                     [p for _s, p in batch],
                     now=now,
@@ -368,7 +376,7 @@ class Intake:
                 # committed and nothing is acked, so every part is still on its SIM.  Back
                 # off and try the same batch again rather than take the whole agent down.
                 delay = self._backoff.next()
-                log.error(
+                (log.error if self._backoff.failures == 1 else log.debug)(
                     "could not commit received SMS; retrying",
                     reason=str(exc),
                     parts=len(batch),
@@ -402,18 +410,23 @@ class Intake:
         while True:
             core.beat("reassembly")
             await asyncio.sleep(tick)
-            n = await core.store.call(
-                core.store.store.expire_partials, now=time.time(), timeout=timeout
-            )
+            try:
+                # Tried once: the next tick tries again, and the loop keeps beating.
+                n = await core.store.attempt(
+                    core.store.store.expire_partials, now=time.time(), timeout=timeout
+                )
+            except sqlite3.Error:
+                continue  # recorded in the store's health
             if n:
                 core.metrics.partial.inc(n)
                 log.warning("multipart messages delivered with parts missing", count=n)
                 core.outbox_wake.set()
             if time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
-                await core.store.call(
-                    core.store.store.prune, now=time.time(), reassembly_timeout_s=timeout
-                )
+                with suppress(sqlite3.Error):
+                    await core.store.attempt(
+                        core.store.store.prune, now=time.time(), reassembly_timeout_s=timeout
+                    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -94,6 +94,20 @@ class StateCollector(Collector):
         return []
 
 
+def store_metrics(writable: bool, errors: dict[str, int], incidents: int) -> list[Metric]:
+    """The store's health (agent/store.py ``StoreHealth``, agent/storecheck.py incidents)."""
+    ok = gauge("vsim_store_writable", "1 while the store accepts writes", [])
+    ok.add_metric([], 1.0 if writable else 0.0)
+    failed = counter("vsim_store_write_errors", "Store writes that failed", ["kind"])
+    for kind, n in sorted(errors.items()):
+        failed.add_metric([kind], float(n))
+    damaged = gauge(
+        "vsim_store_incidents", "Damaged stores moved aside at start, not yet acknowledged", []
+    )
+    damaged.add_metric([], float(incidents))
+    return [ok, failed, damaged]
+
+
 def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=labels)
 

@@ -1,4 +1,5 @@
-"""The outbox figures that ``/status``, ``/metrics`` and systemd's ``STATUS=`` line show.
+"""The outbox figures and store incidents that ``/status``, ``/metrics`` and systemd's
+``STATUS=`` line show.
 
 Owns reading them: on the store's admin connection and thread (never the sender's), at most
 once per ``max_age_s``, with concurrent callers awaiting the same query.  A flood of 2,000
@@ -12,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent.store import AsyncStore, Store
 
@@ -24,11 +26,19 @@ class OutboxFigures:
     oldest: float | None = None  # stored_at of the oldest queued message
     dead: int = 0
     pending: int = 0  # multipart parts waiting for their siblings
+    #: Damaged stores moved aside at start and not yet acknowledged (``vsim-agent store ack``).
+    incidents: tuple[dict[str, Any], ...] = ()
 
 
 def _read(reader: Store) -> OutboxFigures:
     depth, oldest = reader.outbox_stats()
-    return OutboxFigures(depth, oldest, reader.dead_letter_count(), reader.pending_parts())
+    return OutboxFigures(
+        depth,
+        oldest,
+        reader.dead_letter_count(),
+        reader.pending_parts(),
+        tuple(reader.incidents()),
+    )
 
 
 class OutboxStats:

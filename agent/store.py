@@ -17,7 +17,8 @@ crash (DESIGN.md invariant 1).  Tables:
   in-memory claims by itself.  (The ``state`` column of schema 1 stays 0.)
 * ``dead_letters``: messages the hub rejected (invariant 3): kept, listed, re-sendable.
 * ``commands``: hub commands with their durable outcome (PROTOCOL.md section 5).
-* ``meta``: the inventory snapshot ``seq``.
+* ``meta``: the last saved inventory snapshot ``seq``, and the start-up incidents (damaged
+  stores moved aside, until ``vsim-agent store ack``).
 * ``driver_state``: each device's small durable key-value (``DriverContext.state``): poll
   cursors, a gateway's boot id, the SIM-bank rotation order.
 
@@ -30,6 +31,18 @@ Durability is spent where it buys something: intake commits fsync (invariant 1: 
 is deleted right after).  Settling delivered messages commits without fsync
 (``synchronous=NORMAL`` for that transaction): losing it in a power cut only re-sends ids the
 hub already holds, which it answers as accepted (PROTOCOL.md section 4).
+
+Faults.  The file is created 0600 in a 0700 directory whatever the umask: it holds SMS texts
+and numbers.  Before the agent runs, :mod:`agent.storecheck` decides what to do with the file
+it finds: refuse with :class:`StoreError` (exit 2, the path and the remedy in one line) when
+the agent cannot fix it (another owner, read-only, someone else's file, a newer schema), or
+move a damaged store aside and salvage what :func:`salvage` can read into a fresh one, loudly
+and never silently (the policy and its reasons are in that module).  At run time a write can
+fail (SQLITE_FULL on a full disk, SQLITE_IOERR, a read-only remount): :class:`StoreHealth`
+tracks it for ``/status``, ``/metrics`` and ``STATUS=``, and callers choose between waiting
+(:meth:`AsyncStore.call`, for what must not be lost) and trying once (:meth:`AsyncStore.attempt`,
+for what may be redone: a settle, the snapshot ``seq``, the SIM cache), so delivering what
+is already stored never waits for disk space.
 """
 
 from __future__ import annotations
@@ -37,10 +50,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,6 +207,219 @@ class Settled:
     latencies: tuple[float, ...]
 
 
+class StoreError(Exception):
+    """A store the agent must not run on (unreadable, read-only, foreign-owned, not a
+    database, too new).  The message names the file and says what to do; ``vsim-agent run``
+    prints it and exits 2 (agent/cli.py)."""
+
+
+#: SQLite primary result codes, as the operator should read them.
+_REASONS = {
+    "SQLITE_FULL": "disk full",
+    "SQLITE_IOERR": "I/O error",
+    "SQLITE_READONLY": "read-only",
+    "SQLITE_CORRUPT": "database corrupt",
+    "SQLITE_NOTADB": "database corrupt",
+    "SQLITE_BUSY": "locked by another process",
+    "SQLITE_LOCKED": "locked by another process",
+    "SQLITE_CANTOPEN": "cannot open",
+    "SQLITE_PERM": "permission denied",
+}
+
+
+def error_kind(exc: BaseException) -> str:
+    """``disk full``, ``I/O error``, ``read-only``…: the kind of an SQLite error, for status
+    lines and metric labels (extended codes like SQLITE_IOERR_WRITE fold into their class)."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    for prefix, kind in _REASONS.items():
+        if name == prefix or name.startswith(prefix + "_"):
+            return kind
+    text = str(exc).lower()
+    if "disk is full" in text:
+        return "disk full"
+    if "readonly" in text or "read-only" in text:
+        return "read-only"
+    if "malformed" in text or "not a database" in text:
+        return "database corrupt"
+    return "error"
+
+
+#: A store counts as writable again only once no write has failed for this long.
+WRITABLE_AFTER_S = 5.0
+
+
+@dataclass(slots=True)
+class StoreHealth:
+    """Whether the store accepts writes, for ``/status``, ``/metrics`` and ``STATUS=``.
+
+    A failed write (disk full, I/O error, read-only remount, corruption) marks the store
+    unwritable from the first failure of a streak.  On a full disk some writes still succeed
+    (a delete or an update reuses pages the WAL already holds) while every insert fails, so
+    one success does not end the streak: a write that changed rows must succeed *and* no
+    write may have failed for :data:`WRITABLE_AFTER_S`.  The intake retries at least that
+    often while SMS wait, so the flag does not flap while the disk is full.  Transactions
+    that changed nothing prove nothing (they write no WAL frame) and are not counted."""
+
+    writable: bool = True
+    last_error: str | None = None
+    kind: str | None = None
+    since: float | None = None
+    last_failure: float | None = None
+    last_ok: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)  # kind → failed writes
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        now = time.time()
+        kind = error_kind(exc)
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        if self.writable:
+            log.error("store cannot write", op=op, kind=kind, reason=str(exc))
+            self.since = now
+        self.writable = False
+        self.kind = kind
+        self.last_error = f"{op}: {exc}"
+        self.last_failure = now
+
+    def ok(self, op: str) -> None:
+        self.last_ok = time.time()
+        self.refresh(op)
+
+    def refresh(self, op: str | None = None) -> None:
+        """End a failure streak once a write succeeded after the failures stopped."""
+        if self.writable or self.last_ok is None or self.last_failure is None:
+            return
+        if self.last_ok > self.last_failure and time.time() - self.last_failure >= (
+            WRITABLE_AFTER_S
+        ):
+            log.warning(
+                "store writable again",
+                op=op,
+                kind=self.kind,
+                after_s=round(time.time() - (self.since or time.time()), 1),
+            )
+            self.writable = True
+            self.kind = None
+            self.since = None
+
+    def as_dict(self) -> dict[str, Any]:
+        self.refresh()
+        return {
+            "writable": self.writable,
+            "error": self.kind,
+            "last_error": self.last_error,
+            "since": iso(self.since) if self.since else None,
+            "write_errors": sum(self.errors.values()),
+        }
+
+
+@dataclass(slots=True)
+class Salvage:
+    """Rows read back from a damaged store (see :func:`salvage`)."""
+
+    outbox: list[tuple[str, str, str, float]] = field(default_factory=list)
+    dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
+    sims: list[tuple[Any, ...]] = field(default_factory=list)
+    driver_state: list[tuple[Any, ...]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "outbox": len(self.outbox),
+            "dead_letters": len(self.dead_letters),
+            "sims": len(self.sims),
+            "driver_state": len(self.driver_state),
+        }
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def quick_check(path: Path) -> list[str]:
+    """``PRAGMA quick_check`` of a store file: ``["ok"]`` when sound, else SQLite's findings.
+    Damage that stops SQLite from reading the file at all (SQLITE_CORRUPT, SQLITE_NOTADB)
+    is returned as a finding too; any other error (permissions, I/O) is raised."""
+    db = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        return [str(r[0]) for r in db.execute("PRAGMA quick_check(20)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        if error_kind(exc) != "database corrupt":
+            raise
+        return [str(exc)]
+    finally:
+        db.close()
+
+
+def salvage(copy: Path) -> Salvage:
+    """Read what can still be read from a *copy* of a damaged store (the copy may be
+    written to: its header magic is restored, SQLite may replay its WAL).  Each table is read
+    forwards and then backwards, so rows on both sides of one bad page come back."""
+    out = Salvage()
+    with copy.open("r+b") as f:
+        header = f.read(100)
+        if not header:
+            # SQLite deletes the WAL of an empty database file; one placeholder page makes it
+            # read the WAL, whose frames (page 1 included, if written since the last
+            # checkpoint) stand in for the lost pages.
+            f.write(SQLITE_MAGIC + bytes(4096 - 16))
+        elif header[:16] != SQLITE_MAGIC:
+            f.seek(0)
+            f.write(SQLITE_MAGIC)
+    try:
+        db = sqlite3.connect(str(copy), isolation_level=None)
+    except sqlite3.Error as exc:
+        out.errors.append(f"open: {exc}")
+        return out
+    try:
+        outbox: dict[str, tuple[int, tuple[str, str, str, float]]] = {}
+        for order in ("ASC", "DESC"):
+            sql = f"SELECT seq, id, iccid, body, stored_at FROM outbox ORDER BY seq {order}"
+            for r in _salvage_rows(db, sql, out.errors, f"outbox {order}"):
+                outbox.setdefault(r[1], (r[0], (r[1], r[2], r[3], r[4])))
+        out.outbox = [row for _seq, row in sorted(outbox.values())]
+        dead: dict[str, tuple[Any, ...]] = {}
+        for order in ("ASC", "DESC"):
+            sql = (
+                "SELECT id, iccid, body, reason, attempts, stored_at, dead_at FROM dead_letters"
+                f" ORDER BY id {order}"
+            )
+            for r in _salvage_rows(db, sql, out.errors, f"dead_letters {order}"):
+                dead.setdefault(r[0], r)
+        out.dead_letters = list(dead.values())
+        sims: dict[str, tuple[Any, ...]] = {}
+        for order in ("ASC", "DESC"):
+            sql = (
+                "SELECT iccid, number, number_source, desired_enabled, desired_forward FROM sims"
+                f" ORDER BY iccid {order}"
+            )
+            for r in _salvage_rows(db, sql, out.errors, f"sims {order}"):
+                sims.setdefault(r[0], r)
+        out.sims = list(sims.values())
+        state: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for order in ("ASC", "DESC"):
+            sql = (
+                f"SELECT device, key, value FROM driver_state ORDER BY device {order}, key {order}"
+            )
+            for r in _salvage_rows(db, sql, out.errors, f"driver_state {order}"):
+                state.setdefault((r[0], r[1]), r)
+        out.driver_state = list(state.values())
+    finally:
+        db.close()
+    return out
+
+
+def _salvage_rows(
+    db: sqlite3.Connection, sql: str, errors: list[str], what: str
+) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    try:
+        for r in db.execute(sql):
+            rows.append(tuple(r))
+    except sqlite3.Error as exc:
+        errors.append(f"{what}: {exc} after {len(rows)} rows")
+    return rows
+
+
 _GROUP = (
     "iccid = :iccid AND sender = :sender AND ref_bits = :ref_bits AND ref = :ref AND total = :total"
 )
@@ -200,9 +429,23 @@ class Store:
     """The agent's SQLite database.  See the module docstring for what each table holds."""
 
     def __init__(self, path: Path, *, reader: bool = False) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        if not reader:
+            # 0700 / 0600 whatever the umask: the store holds SMS texts and numbers.  SQLite
+            # gives the -wal and -shm files the mode of the database file.
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.fchmod(fd, 0o600)  # exactly, whatever bits the umask took away
+                os.close(fd)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        try:
+            self._setup(reader)
+        except BaseException:
+            self._db.close()  # a refused store leaves no open file behind
+            raise
+
+    def _setup(self, reader: bool) -> None:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=5000")
         if reader:
@@ -222,7 +465,7 @@ class Store:
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
-            raise RuntimeError(
+            raise StoreError(
                 f"{self.path}: database schema {version} is newer than this agent "
                 f"({len(MIGRATIONS)}); upgrade the agent"
             )
@@ -338,14 +581,66 @@ class Store:
                 (device, key, value),
             )
 
-    def next_seq(self) -> int:
-        """The next inventory snapshot number; persisted so it grows across restarts."""
+    def stored_seq(self) -> int:
+        """The highest inventory snapshot number saved so far (0 if none)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        return int(row[0]) if row else 0
+
+    def save_seq(self, seq: int) -> None:
+        """Remember a snapshot number; never lowers the saved one.  Committed without fsync:
+        the clock seeds the next start anyway (see :class:`agent.uplink.SnapshotSeq`)."""
+        with self._relaxed():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('seq', :seq) ON CONFLICT (key)"
+                " DO UPDATE SET value = max(CAST(value AS INTEGER), :seq)",
+                {"seq": seq},
+            )
+
+    # -- start-up incidents (a damaged store moved aside: agent/storecheck.py) ---------------
+
+    def incidents(self) -> list[dict[str, Any]]:
+        """Damaged stores moved aside at start that no operator has acknowledged yet."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'incidents'").fetchone()
+        data = json.loads(row[0]) if row else []
+        return data if isinstance(data, list) else []
+
+    def add_incident(self, incident: dict[str, Any]) -> None:
         with self._tx():
-            row = self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('seq', '1') ON CONFLICT (key)"
-                " DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value"
-            ).fetchone()
-        return int(row[0])
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('incidents', json_array(json(:i)))"
+                " ON CONFLICT (key) DO UPDATE SET value = json_insert(value, '$[#]', json(:i))",
+                {"i": json.dumps(incident)},
+            )
+
+    def ack_incidents(self) -> int:
+        """Forget every incident (``vsim-agent store ack``); how many there were."""
+        n = len(self.incidents())
+        with self._tx():
+            self._db.execute("DELETE FROM meta WHERE key = 'incidents'")
+        return n
+
+    def restore(self, salvage: Salvage, *, now: float) -> None:
+        """Put rows read from a damaged store into this (fresh) one: queued messages keep
+        their order and ids (the hub absorbs repeats), dead letters and desired state stay."""
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outbox (id, iccid, body, stored_at) VALUES (?, ?, ?, ?)",
+                salvage.outbox,
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO dead_letters (id, iccid, body, reason, attempts,"
+                " stored_at, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                salvage.dead_letters,
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO sims (iccid, number, number_source, desired_enabled,"
+                " desired_forward, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*r, now, now) for r in salvage.sims],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO driver_state (device, key, value) VALUES (?, ?, ?)",
+                salvage.driver_state,
+            )
 
     # -- intake and reassembly ------------------------------------------------------------
 
@@ -682,10 +977,24 @@ class _Tx:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
-            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    self._rollback()  # a failed COMMIT (disk full) may leave it open
+                    raise
+            else:
+                # The original error is the one worth reporting: SQLite may already have
+                # rolled back (SQLITE_FULL does), and "no transaction is active" would hide it.
+                self._rollback()
         finally:
             if self._relaxed:
                 self._db.execute("PRAGMA synchronous=FULL")
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
 
 def _row_of(part: SmsPart) -> dict[str, Any]:
@@ -723,12 +1032,19 @@ def _command_row(r: sqlite3.Row) -> CommandRow:
 class AsyncStore:
     """Writes on one worker thread in submission order; the sender's reads on a second
     connection and thread; admin reads (``/status``, ``/metrics``) on a third, so however many
-    operators or scrapers ask, their queries never queue in front of delivery's."""
+    operators or scrapers ask, their queries never queue in front of delivery's.
+
+    Every write goes through :meth:`call` (retried until it succeeds: for work that must
+    not be lost, like intake or a command's durable state) or :meth:`attempt` (tried once:
+    for writes that may be lost, like a settle or the snapshot number).  Both keep
+    :attr:`health` current, which the app shows in ``/status``, ``/metrics`` and ``STATUS=``.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.reader = Store(store.path, reader=True)
         self.admin_reader = Store(store.path, reader=True)
+        self.health = StoreHealth()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._admin_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-admin")
@@ -736,17 +1052,13 @@ class AsyncStore:
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a write on the writer thread.  A transient failure (locked by another process
         past ``busy_timeout``, disk full) rolled the transaction back: wait and run it again,
-        so no loop of the agent dies of it.  Should it last, the loops stop beating and the
-        systemd watchdog restarts the service."""
-        loop = asyncio.get_running_loop()
+        so no loop of the agent dies of it."""
         delay = 0.5
         while True:
             try:
-                return await loop.run_in_executor(
-                    self._pool, functools.partial(fn, *args, **kwargs)
-                )
+                return await self.attempt(fn, *args, **kwargs)
             except sqlite3.OperationalError as exc:
-                log.error(
+                log.warning(
                     "store write failed; retrying",
                     op=getattr(fn, "__name__", "?"),
                     reason=str(exc),
@@ -754,6 +1066,28 @@ class AsyncStore:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def attempt(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a write once on the writer thread; an SQLite error is recorded in
+        :attr:`health` and raised."""
+        loop = asyncio.get_running_loop()
+        db = self.store._db
+
+        def run() -> tuple[T, bool]:
+            # total_changes counts rows changed by committed and open transactions of this
+            # connection: it grows only when the write really reached the WAL.
+            before = db.total_changes
+            result = fn(*args, **kwargs)
+            return result, db.total_changes > before and not db.in_transaction
+
+        try:
+            result, wrote = await loop.run_in_executor(self._pool, run)
+        except sqlite3.Error as exc:
+            self.health.failed(getattr(fn, "__name__", "?"), exc)
+            raise
+        if wrote:
+            self.health.ok(getattr(fn, "__name__", "?"))
+        return result
 
     async def read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a read-only method of ``self.reader`` (pass it as ``store.reader.method``)."""

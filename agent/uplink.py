@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -91,6 +93,9 @@ class Sender:
         self._unknown: dict[str, int] = {}  # message id → "unknown sim" answers so far
         self._cursor = 0
         self._settling: asyncio.Future[None] | None = None
+        #: Answers the store could not record (disk full): settled with the next batch.
+        self._owed: list[tuple[list[OutboxRow], set[str], dict[str, str]]] = []
+        self._owed_logged = False
         self.backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
 
     async def run(self) -> None:
@@ -106,6 +111,8 @@ class Sender:
                 limit = 1 if self._isolate else core.config.upstream.batch_max
                 rows = await core.store.read(core.store.reader.peek, self._cursor, limit)
                 if not rows:
+                    if self._owed and (self._settling is None or self._settling.done()):
+                        await self._settle([], set(), {})  # retry what the store refused
                     core.outbox_wake.clear()
                     await core.idle("sender", IDLE_POLL_S, core.outbox_wake)
                     continue
@@ -199,26 +206,42 @@ class Sender:
         core = self.core
         if self._settling is not None:
             await self._settling
-        if not rows:
+        if not rows and not self._owed:
             self._settling = None
             return
         for msg_id, reason in rejected.items():
             log.error("hub rejected a message; kept in dead letters", msg_id=msg_id, reason=reason)
+        self._log_delivered(rows, accepted, time.time())
+        batch = [*self._owed, (rows, accepted, rejected)] if rows else self._owed
+        self._owed = []
 
         async def settle() -> None:
+            all_rows = [r for b in batch for r in b[0]]
+            all_accepted = {i for b in batch for i in b[1]}
+            all_rejected = {i: why for b in batch for i, why in b[2].items()}
             try:
-                settled = await core.store.call(
-                    core.store.store.settle, rows, accepted, rejected, now=time.time()
+                # Tried once: a settle that waited for a full disk would stop the sender
+                # from sending what is already stored.
+                settled = await core.store.attempt(
+                    core.store.store.settle, all_rows, all_accepted, all_rejected, now=time.time()
                 )
-            except Exception:
-                # Rows stay in the outbox and are re-sent after a restart (same ids).
-                log.exception("could not settle delivered messages", count=len(rows))
+            except sqlite3.Error as exc:
+                # The hub holds these ids; only our outbox still lists them.  The cursor has
+                # moved on, so sending goes on; they are settled with a later batch, or re-sent
+                # after a restart and absorbed by the hub as repeated ids.
+                (log.debug if self._owed_logged else log.warning)(
+                    "could not record the hub's answer; will settle it later",
+                    count=len(all_rows),
+                    reason=str(exc),
+                )
+                self._owed_logged = True
+                self._owed = batch + self._owed
                 return
+            self._owed_logged = False
             core.metrics.delivered.inc(settled.delivered)
             core.metrics.dead_lettered.inc(settled.dead)
             for lat in settled.latencies:
                 core.metrics.latency.observe(lat)
-            self._log_delivered(rows, accepted, time.time())
 
         self._settling = asyncio.ensure_future(settle())
 
@@ -240,6 +263,28 @@ class Sender:
                 )
 
 
+class SnapshotSeq:
+    """The ``seq`` of ``PUT /sims`` snapshots: strictly increasing, across restarts too,
+    without waiting for the store.
+
+    The hub ignores a snapshot older than the one it holds (PROTOCOL.md section 3), so a seq
+    that went backwards after a restart would silence the inventory; a seq that waits for a
+    write would stop registration, and with it delivery, whenever the disk is full.  Each
+    number is ``max(previous + 1, wall-clock milliseconds)``, seeded at start from the saved
+    one: it follows the clock (by one when two snapshots share a millisecond), so it grows
+    across restarts even when saves failed.  Saving it (best effort) only guards against a
+    clock stepped backwards.
+    """
+
+    def __init__(self, stored: int, clock: Callable[[], float] = time.time) -> None:
+        self._last = stored
+        self._clock = clock
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, int(self._clock() * 1000))
+        return self._last
+
+
 class Registrar:
     """``PUT /sims``: at start-up, within a second of any change, and every heartbeat."""
 
@@ -247,9 +292,11 @@ class Registrar:
         self.core = core
         self.backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
         self.sent = 0
+        self.seq: SnapshotSeq | None = None
 
     async def run(self, ready: asyncio.Event) -> None:
         core = self.core
+        self.seq = SnapshotSeq(await core.store.read(core.store.reader.stored_seq))
         # The first snapshot waits (bounded) for devices to report, so the hub is not told
         # at every restart that the host has no SIMs.
         with suppress(TimeoutError):
@@ -272,7 +319,10 @@ class Registrar:
         core = self.core
         while True:
             core.beat("registrar")
-            seq = await core.store.call(core.store.store.next_seq)
+            assert self.seq is not None
+            seq = self.seq.next()
+            with suppress(sqlite3.Error):  # recorded in the store's health; see SnapshotSeq
+                await core.store.attempt(core.store.store.save_seq, seq)
             snapshot = core.inventory.snapshot(seq)
             body = json.dumps(snapshot, ensure_ascii=False).encode()
             outcome = await core.hub.request("PUT", "/sims", body=body, endpoint="sims")

@@ -49,6 +49,9 @@ METRICS = HISTOGRAMS | {
     "vsim_hub_auth_failure",
     "vsim_hub_errors_total",
     "vsim_commands_total",
+    "vsim_store_writable",
+    "vsim_store_write_errors_total",
+    "vsim_store_incidents",
 }
 # Grafana variables, replaced by typical values so promtool can parse the queries.
 GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "1h", "$instance": ".*", "$device": ".*"}
@@ -128,6 +131,8 @@ def test_alerts_use_only_exported_metrics() -> None:
         "VsimHubAuthFailure",
         "VsimDeviceDown",
         "VsimSimStorageHigh",
+        "VsimStoreCannotWrite",
+        "VsimStoreDamaged",
     ):
         assert f"alert: {alert}\n" in ALERTS.read_text()
 
@@ -152,7 +157,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     run = _promtool("check", "rules", str(ALERTS))
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 7 rules found" in run.stdout
+    assert "SUCCESS: 9 rules found" in run.stdout
 
 
 @promtool

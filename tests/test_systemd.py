@@ -59,6 +59,7 @@ def test_unit_settings_the_agent_relies_on() -> None:
         "Service.WatchdogSec": ["30"],
         "Service.Restart": ["on-failure"],
         "Service.RestartSec": ["5"],
+        "Service.RestartPreventExitStatus": ["2"],
         "Service.TimeoutStopSec": ["15"],
         "Service.Environment": ["PYTHONUNBUFFERED=1", "PYTHONFAULTHANDLER=1"],
         "Service.StateDirectory": ["vsim-agent"],

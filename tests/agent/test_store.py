@@ -182,12 +182,14 @@ def test_outbox_peek_settle_dead_letters_resend(tmp_path: Path) -> None:
     store.close()
 
 
-def test_seq_persists_and_grows(tmp_path: Path) -> None:
+def test_saved_seq_persists_and_never_goes_down(tmp_path: Path) -> None:
     s = Store(tmp_path / "a.db")
-    assert [s.next_seq(), s.next_seq()] == [1, 2]
+    assert s.stored_seq() == 0
+    s.save_seq(1_800_000_000_005)
+    s.save_seq(1_800_000_000_003)  # an older save arriving late does not lower it
     s.close()
     s = Store(tmp_path / "a.db")
-    assert s.next_seq() == 3
+    assert s.stored_seq() == 1_800_000_000_005
     s.close()
 
 
