@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import time
 from contextlib import suppress
 from typing import Any
@@ -152,17 +153,29 @@ class Commands:
         cid = body["id"]
         if cid in self._active:
             return
-        row = await self.core.store.call(self.core.store.store.command, cid)
-        if row is not None and row.state == "done":
-            # Seen before: never executed twice; its stored result is re-sent.
-            log.info("command repeated", command_id=cid)
-            await self.core.store.call(
-                self.core.store.store.command_finish, cid, row.result or {}, now=time.time()
+        store = self.core.store
+        row = await store.read(store.reader.command, cid)
+        try:
+            if row is not None and row.state == "done":
+                # Seen before: never executed twice; its stored result is re-sent.
+                log.info("command repeated", command_id=cid)
+                await store.attempt(
+                    store.store.command_finish, cid, row.result or {}, now=time.time()
+                )
+                self.core.results_wake.set()
+                return
+            if row is None:
+                await store.attempt(store.store.command_start, body, now=time.time())
+        except sqlite3.Error as exc:
+            # The store cannot write (a full disk): a command that is not recorded is not run
+            # (it could not be known as executed after a crash), and the poller does not wait
+            # for the disk.  The hub delivers it again, since it got no result.
+            log.warning(
+                "command not recorded; left for the hub to redeliver",
+                command_id=cid,
+                reason=str(exc)[:200],
             )
-            self.core.results_wake.set()
             return
-        if row is None:
-            await self.core.store.call(self.core.store.store.command_start, body, now=time.time())
         self._spawn(body)
 
     def _spawn(self, body: dict[str, Any]) -> None:
