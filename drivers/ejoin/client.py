@@ -17,6 +17,7 @@ URLs at debug level) redacts ``password=`` wherever it appears.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -89,6 +90,13 @@ class EjoinClient:
     async def _request(
         self, method: str, path: str, params: dict[str, str | int], body: Any
     ) -> Any:
+        # Each request runs in a task of its own: httpcore's connect uses anyio cancel scopes
+        # whose late cancellation retries can hit the task that made the request (observed with
+        # anyio 4.16 on Python 3.11 after a refused connect); a short-lived task confines them.
+        # Cancelling the caller cancels the request task with it.
+        return await asyncio.create_task(self._send(method, path, params, body))
+
+    async def _send(self, method: str, path: str, params: dict[str, str | int], body: Any) -> Any:
         query = {**self._creds, **{k: str(v) for k, v in params.items()}}
         what = f"{method} {path}"
         try:

@@ -75,6 +75,24 @@ FAST_WINDOW_S = 5.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel tasks and wait for their end, cancelling again while any survives.
+
+    A cancellation can be swallowed when it lands while httpcore's anyio cancel scope is
+    cancelling its own connect attempts (anyio takes the CancelledError for its own), and the
+    loop then goes on; repeating the cancel ends it.  Bounded: a task that still survives after
+    ~5 s is left behind rather than hanging ``close()``.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(50):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    log.error("ejoin.tasks_survived_cancel", tasks=[t.get_name() for t in pending])
+
+
 class EjoinDriver(Driver):
     config_model = EjoinConfig
     capabilities = frozenset(
@@ -154,16 +172,13 @@ class EjoinDriver(Driver):
                 + f", {status.max_ports or '?'} ports x {status.max_slots} slots"
             )
         )
+        self._wake.set()  # read everything not yet acked at once (a restart, a reconnect)
         self._spawn(self._status_loop(), "status")
         self._spawn(self._sms_loop(), "sms")
 
     async def close(self) -> None:
-        tasks, self._tasks = self._tasks, set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(list(self._tasks))
+        self._tasks = set()
         if self._push is not None:
             with contextlib.suppress(Exception):
                 await self._push.stop()

@@ -19,10 +19,13 @@ import socket
 from collections.abc import Callable, Generator
 
 import uvicorn
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 MAX_PUSH_BODY = 256 * 1024
+_METHODS = ["GET", "POST", "PUT"]
 
 
 class _Server(uvicorn.Server):
@@ -64,20 +67,15 @@ class PushListener:
     def port(self) -> int:
         return self._sock.getsockname()[1] if self._sock is not None else self._port
 
-    async def _app(self, scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
-        if scope["type"] != "http":
-            return
-        request = Request(scope, receive)
+    async def _receive(self, request: Request) -> Response:
+        self.pushes += 1
+        self._on_push()  # even a malformed or oversized push is worth a poll
         size = 0
-        response: Response = PlainTextResponse("OK")
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_PUSH_BODY:
-                response = PlainTextResponse("too large", status_code=413)
-                break
-        self.pushes += 1
-        self._on_push()
-        await response(scope, receive, send)
+                return PlainTextResponse("too large", status_code=413)
+        return PlainTextResponse("OK")
 
     async def start(self) -> None:
         """Bind and serve; raises OSError if the address is taken (nothing left behind)."""
@@ -90,8 +88,9 @@ class PushListener:
         except OSError:
             sock.close()
             raise
+        app = Starlette(routes=[Route("/{path:path}", self._receive, methods=_METHODS)])
         config = uvicorn.Config(
-            self._app,
+            app,
             http="h11",
             ws="none",
             lifespan="off",
@@ -115,8 +114,9 @@ class PushListener:
             self._server.should_exit = True
             self._server.exit_now.set()
         if self._task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._task
+            # wait() rather than await: uvicorn's shutdown ending its task by cancellation
+            # must not look like a cancellation of the caller.
+            await asyncio.wait([self._task])
         if self._sock is not None:
             self._sock.close()
         self._server = self._task = self._sock = None

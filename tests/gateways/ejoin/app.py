@@ -35,6 +35,8 @@ async def _gate(request: Request, box: Box) -> Response | None:
     """Faults and credentials, in the order a real box applies them: slow first, then the
     login check (a web server answering HTML is a wrong URL or a login page)."""
     box.tick()
+    path = request.url.path.lstrip("/")
+    box.hits[path] = box.hits.get(path, 0) + 1
     if box.faults.delay_s > 0:
         await asyncio.sleep(box.faults.delay_s)
     if box.faults.html:

@@ -197,6 +197,7 @@ class Box:
     held: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
     log: list[dict[str, Any]] = field(default_factory=list)  # commands received, in order
+    hits: dict[str, int] = field(default_factory=dict)  # gateway requests served, per path
     push_queue: list[Row] = field(default_factory=list)  # stored rows not yet pushed
     _registering: set[int] = field(default_factory=set)
     _esim_counter: int = 0

@@ -35,6 +35,18 @@ from tests.gateways.ejoin.model import Box, Faults
 _TICK_S = 0.02
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel and wait, cancelling again while a task survives (an httpx request in the
+    pusher can swallow one cancellation inside anyio's connect scope)."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(50):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
 class _Server(uvicorn.Server):
     """uvicorn without signal handling; stops as soon as ``exit_now`` is set."""
 
@@ -89,10 +101,12 @@ class _Listener:
             await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
-        self.server.should_exit = True
+        # A box losing power does not drain its connections: no graceful wait.
+        self.server.should_exit = self.server.force_exit = True
         self.server.exit_now.set()
-        with contextlib.suppress(Exception):
-            await self.task
+        # wait() rather than await: the serve task's own end (even a cancellation inside
+        # uvicorn's shutdown) must not propagate into whoever stops the box.
+        await asyncio.wait([self.task])
         self.sock.close()
 
 
@@ -142,11 +156,7 @@ class EjoinEmulator:
         self._spawn(self._tick_loop())
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(list(self._tasks))
         for listener in (self._gateway, self._control):
             if listener is not None:
                 await listener.stop()
