@@ -631,3 +631,17 @@ async def test_probe(tmp_path: Path) -> None:
         assert info["mac"] == box.mac and info["sims"] == 7
         with pytest.raises(DriverError, match="Invalid User"):
             await probe(emu.url, "root", "nope")
+
+
+def test_example_config_documents_every_key() -> None:
+    """The commented ``driver = "ejoin"`` block of config.example.toml is a valid table and
+    names every key of EjoinConfig."""
+    import tomllib
+
+    text = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    start = text.index('# name = "gw1"')
+    end = text.index("\n\n", start)
+    lines = [ln[2:] for ln in text[start:end].splitlines() if not ln.startswith("# #")]
+    table = tomllib.loads("\n".join(lines))
+    assert EjoinConfig(**table).driver == "ejoin"
+    assert set(table) | {"password_file"} == set(EjoinConfig.model_fields)
