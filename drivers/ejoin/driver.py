@@ -11,13 +11,15 @@ Owns the life cycle and the three loops over one :class:`~drivers.ejoin.client.E
 * **push listener** (optional, :mod:`.push`): wakes the SMS loop.
 
 Health: ``connect()`` fails (DriverError, nothing left open) unless the box answers a status
-with the configured credentials.  Afterwards any failure of the box (unreachable, slow,
-rebooting, HTML, wrong credentials) emits one ``DeviceDown(reason)`` (the core shows the device
-offline with that reason in status, logs and ``vsim_device_up``) and the status loop retries
-with capped exponential backoff and jitter (0.5 s .. 30 s); the SMS loop waits meanwhile, so no
-loop spins and a slow box stalls only this device.  On recovery: ``DeviceUp``, every SIM
-announced again, an immediate SMS poll.  A rebooted box has a new ``ssrc``: reading restarts at
-row 1 and content ids drop what was already committed (no SMS lost or doubled).
+with the configured credentials.  Afterwards the status loop is the one judge of health: a
+failed status read (unreachable, slow, rebooting, HTML, wrong credentials) emits one
+``DeviceDown(reason)`` (the core shows the device offline with that reason in status, logs and
+``vsim_device_up``) and is retried with capped exponential backoff and jitter (0.5 s .. 30 s).
+A failed SMS poll asks the status loop to look at once and backs off on its own, so an SMS
+endpoint that alone fails does not make the device flap; the SMS loop waits while the device
+is down.  No loop spins and a slow box stalls only this device.  On recovery: ``DeviceUp``,
+every SIM announced again, an immediate SMS poll.  A rebooted box has a new ``ssrc``: reading
+restarts at row 1 and content ids drop what was already committed (no SMS lost or doubled).
 
 Capabilities: RADIO (``lock``/``unlock``; the field lesson of section 1.5: only the gateway
 lock holds, AT CFUN does not), FORWARDING and USSD (AT pass-through), SELECT (``switch``), ESIM.
@@ -308,7 +310,11 @@ class EjoinDriver(Driver):
             target = self._rotation.target(port, cands)
             if target is not None:
                 log.info("ejoin.rotate", device=self.name, port=port, slot=target.slot)
-                await self._command("switch", dot_port(port, target.slot))
+                try:
+                    await self._command("switch", dot_port(port, target.slot))
+                except WireError as exc:  # refused for this port: not a device failure
+                    log.warning("ejoin.rotate_refused", device=self.name, reason=str(exc))
+                    continue
                 switched = True
         if changed:
             await self._rotation.save(present=self._inv.where)
@@ -318,15 +324,25 @@ class EjoinDriver(Driver):
     # ------------------------------------------------------------------ SMS
 
     async def _sms_loop(self) -> None:
+        failures = 0
+        delay = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_s)
+                await asyncio.wait_for(self._wake.wait(), delay or self.config.poll_s)
             self._wake.clear()
             await self._up.wait()
             try:
                 await self._poll_sms()
+                failures, delay = 0, 0.0
             except (GatewayError, WireError) as exc:
-                self._mark_down(str(exc))
+                # Up/down is the status loop's call alone (one judge, no flapping when only
+                # the SMS endpoint fails); it is asked to look now.  The poll backs off.
+                failures += 1
+                if failures == 1:
+                    log.warning("ejoin.sms_poll_failed", device=self.name, reason=str(exc))
+                self._status_now.set()
+                cap = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures, 16))
+                delay = max(self.config.poll_s, random.uniform(0, cap))
 
     async def _poll_sms(self) -> None:
         client, inbox = self._require_client(), self._inbox

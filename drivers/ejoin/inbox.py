@@ -17,7 +17,8 @@ the core has not acked; an ack of a later row waits in memory.  When the box's `
 the stored one (a reboot), reading restarts at 1 and the re-read rows are recognised by id.
 Rows are never deleted from the box (``sms_del`` is never used, section 10.3).  Row ids are
 ``next_sms - len(data) + k`` when the box gives ``next_sms`` (robust to a box that dropped its
-oldest rows), else ``sms_id + k`` (research: "presumably", [U]).
+oldest rows) and that is not before ``sms_id``, else ``sms_id + k`` (research: "presumably",
+[U]).
 
 **Long SMS without UDH** (the box does not expose concatenation, section 1.4 [U]).  The joining
 heuristic: rows are one long SMS when they are *consecutive rows of one SIM* (no other row of
@@ -133,8 +134,12 @@ class Inbox:
     def take(self, page: SmsPage, start: int) -> None:
         """Record a page fetched with ``sms_id=start`` (the ssrc already adopted)."""
         count = len(page.rows)
-        first = page.next_sms - count if page.next_sms is not None else start
-        first = max(first, 1)
+        first = start
+        if page.next_sms is not None and page.next_sms - count >= start:
+            # Later than asked: the box dropped its oldest rows (store full).  A next_sms
+            # that would put rows *before* the request is not trusted (firmware that means
+            # "last id"): numbering from ``start`` then loses nothing.
+            first = page.next_sms - count
         # Rows the box no longer has (dropped when its store was full) are finished for us.
         for gap in range(self.read_next, first):
             self._finished.add(gap)
