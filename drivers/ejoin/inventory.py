@@ -17,6 +17,7 @@ Mapping (issue #7 and research/gateways.md sections 1.3 and 1.8):
 * a slot listed by ``goip_get_esims`` is ``kind = esim`` with its port's EID.  A profile the
   eSIM list knows but the status does not (firmware that lists only the active slot) is still
   reported, as standby.
+* ``signal_dbm`` of the selected SIM; a change under 6 dB alone is not re-announced;
 * ``forward_to`` is what this driver last set (the box does not report it); unknown after a
   restart, so the core re-applies its desired forwarding once.
 """
@@ -29,6 +30,18 @@ from datetime import UTC, datetime
 
 from drivers.base import Balance, Event, SimGone, SimInfo, SimKind, SimPresent
 from drivers.ejoin.wire import DevStatus, EsimPort, dot_port
+
+#: A signal change smaller than this is not worth re-announcing a SIM (each announcement is a
+#: store write at the core; boxes report ``sig`` jittering by a step or two every poll).
+SIGNAL_STEP_DB = 6
+
+
+def _only_signal_jitter(old: SimInfo, new: SimInfo) -> bool:
+    if old.signal_dbm is None or new.signal_dbm is None:
+        return False
+    if abs(old.signal_dbm - new.signal_dbm) >= SIGNAL_STEP_DB:
+        return False
+    return replace(new, signal_dbm=old.signal_dbm) == old
 
 
 @dataclass(slots=True)
@@ -118,7 +131,10 @@ class Inventory:
                 events.append(SimGone(old.port, iccid))
                 self._balances.pop(iccid, None)
         for iccid, info in sims.items():
-            if force or self.sims.get(iccid) != info:
+            old = self.sims.get(iccid)
+            if old is not None and _only_signal_jitter(old, info):
+                sims[iccid] = info = old  # keep the announced value: no churn at the core
+            if force or old != info:
                 events.append(SimPresent(info))
         self.sims, self.where = sims, where
         self.by_slot = {(w.port, w.slot): iccid for iccid, w in where.items()}

@@ -645,3 +645,54 @@ def test_example_config_documents_every_key() -> None:
     table = tomllib.loads("\n".join(lines))
     assert EjoinConfig(**table).driver == "ejoin"
     assert set(table) | {"password_file"} == set(EjoinConfig.model_fields)
+
+
+def test_signal_jitter_is_not_reannounced() -> None:
+    from drivers.ejoin.inventory import Inventory
+    from drivers.ejoin.wire import parse_status
+
+    def doc(sig: int) -> dict[str, Any]:
+        row = {"port": "1.01", "st": 3, "iccid": "8970101", "active": 1, "sig": sig}
+        return {"max-slot": 1, "status": [row]}
+
+    inv = Inventory("gw1", lambda _i: None)
+    assert len(inv.update(parse_status(doc(20)), {})) == 1
+    assert inv.update(parse_status(doc(21)), {}) == []  # 2 dB: jitter
+    assert inv.sims["8970101"].signal_dbm == -73
+    (ev,) = inv.update(parse_status(doc(24)), {})  # 8 dB: announced
+    assert isinstance(ev, SimPresent) and ev.info.signal_dbm == -65
+
+
+async def test_push_listener_bounds_bodies_and_any_path() -> None:
+    import httpx
+
+    from drivers.ejoin.push import MAX_PUSH_BODY, PushListener
+
+    woken: list[int] = []
+    listener = PushListener("127.0.0.1:0", lambda: woken.append(1))
+    await listener.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{listener.port}") as http:
+            assert (await http.post("/", content=b"{}")).status_code == 200
+            assert (await http.post("/s/tok/gw/1?port=1A", json={})).text == "OK"
+            big = await http.post("/x", content=b"0" * (MAX_PUSH_BODY + 10))
+            assert big.status_code == 413
+        assert len(woken) == 3  # even the oversized push wakes the poller
+    finally:
+        await listener.stop()
+
+
+def test_credentials_redacted_from_httpx_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from drivers.ejoin.client import EjoinClient
+
+    EjoinClient("http://127.0.0.1:1", "root", "s3cret", 1.0)  # installs the filter
+    with caplog.at_level(logging.DEBUG, logger="httpx"):
+        logging.getLogger("httpx").info(
+            'HTTP Request: %s %s "%s"',
+            "GET",
+            "http://127.0.0.1/goip_get_sms.html?username=root&password=s3cret&sms_id=1",
+            "200",
+        )
+    assert "s3cret" not in caplog.text and "password=***" in caplog.text
