@@ -126,9 +126,9 @@ class Inventory:
                 )
                 where[prof.iccid] = Located(ep.port, prof.slot, False, prof.enabled)
         events: list[Event] = []
-        for iccid, old in self.sims.items():
+        for iccid, left in self.sims.items():
             if iccid not in sims:
-                events.append(SimGone(old.port, iccid))
+                events.append(SimGone(left.port, iccid))
                 self._balances.pop(iccid, None)
         for iccid, info in sims.items():
             old = self.sims.get(iccid)
