@@ -292,8 +292,9 @@ class EjoinDriver(Driver):
             except (GatewayError, WireError) as exc:
                 self._mark_down(str(exc))
                 failures += 1
-                # Capped exponential backoff with full jitter (invariant 5).
-                cap = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures, 16))
+                # Capped exponential backoff with full jitter (invariant 5); growth 1.5 rather
+                # than 2 so a box back from a reboot (~10-60 s) is noticed within seconds.
+                cap = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 1.5 ** min(failures, 32))
                 delay = max(BACKOFF_MIN_S, random.uniform(0, cap))
 
     # ------------------------------------------------------------------ rotation
@@ -341,7 +342,7 @@ class EjoinDriver(Driver):
                 if failures == 1:
                     log.warning("ejoin.sms_poll_failed", device=self.name, reason=str(exc))
                 self._status_now.set()
-                cap = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures, 16))
+                cap = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 1.5 ** min(failures, 32))
                 delay = max(self.config.poll_s, random.uniform(0, cap))
 
     async def _poll_sms(self) -> None:
