@@ -155,7 +155,7 @@ class EjoinDriver(Driver):
         except BaseException:
             await client.aclose()
             raise
-        self._client, self._push = client, push
+        self._client, self._push, self._status = client, push, status
         self.identity = {
             "model": status.model,
             "firmware": status.firmware,

@@ -19,6 +19,9 @@ it on the ``goip_*.html`` wire).  It is a model of the box described in
   ``ssrc`` and rebuilds the store from per-port storage: rows re-sorted by port and time and
   delivery reports dropped, so positions change while contents do not (the renumbering the
   driver must survive).  The box never deletes a row unless asked (``sms_del``) or full.
+* The dev-status carries the firmware as ``ver`` (captured example, section 1.3) and a
+  ``model`` field for ``probe`` (not in the captured example: some firmware [U]; a driver must
+  cope without it).
 * Identities are deterministic from ``seed``: RU-like (+79..., MCC 250) SIMs on odd ports,
   KZ-like (+77..., MCC 401) on even ones.
 
