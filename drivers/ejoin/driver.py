@@ -147,13 +147,13 @@ class EjoinDriver(Driver):
             if cfg.push_listen:
                 push = PushListener(cfg.push_listen, self._wake.set)
                 await push.start()
-        except (GatewayError, WireError, OSError) as exc:
+        except BaseException as exc:
+            # Nothing left behind (drivers/base.py contract), whatever ended the connect.
             if push is not None:
                 await push.stop()
             await client.aclose()
-            raise DriverError(f"{self.name}: {exc}") from None
-        except BaseException:
-            await client.aclose()
+            if isinstance(exc, GatewayError | WireError | OSError):
+                raise DriverError(f"{self.name}: {exc}") from None
             raise
         self._client, self._push, self._status = client, push, status
         self.identity = {
