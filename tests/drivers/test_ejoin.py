@@ -307,6 +307,10 @@ async def test_inventory_shapes(tmp_path: Path, key: Any, st: Any, style: Any) -
         await until(lambda: r.driver._inv.sims[sim.iccid].registered)
         info = r.driver._inv.sims[sim.iccid]
         assert info.mcc_mnc == "25001" and info.operator == "MTS" and info.signal_dbm
+        # SMS rows name the port the same way ("1.01" or "1A"): the part finds its SIM.
+        box.send_sms(sim.iccid, "+7900", f"row port style {style}")
+        part = await r.pump.next(SmsPart)
+        assert (part.port, part.iccid) == ("gw1/1", sim.iccid)
         # A slot emptied: SimGone for exactly that SIM.
         gone = r.iccid(2, 2)
         r.box.remove_sim(2, 2)
