@@ -4,7 +4,7 @@
 #   make demo       reference hub + simulated SIMs, live view
 #   make test       the test suite
 #   make lint       ruff check, ruff format --check, mypy (strict)
-#   make bench      every script in tests/bench/
+#   make bench      the benchmarks (tests/bench/bench_*.py; the soak is run by hand)
 #   make install    the systemd service on this host (as root), or into DESTDIR
 #   make uninstall  remove it again; config, api_key, state and the user are kept
 #
@@ -59,9 +59,8 @@ lint: venv
 
 bench: venv
 	@set -e; found=0; \
-	for script in tests/bench/*.py; do \
+	for script in tests/bench/bench_*.py; do \
 		[ -f "$$script" ] || continue; \
-		case "$$(basename "$$script")" in _*|conftest.py) continue ;; esac; \
 		found=1; echo "== $$script"; $(BIN)/python "$$script"; \
 	done; \
 	[ $$found = 1 ] || echo "no benchmarks in tests/bench/"

@@ -1,85 +1,203 @@
-"""Admin HTTP: ``/metrics`` (Prometheus), ``/healthz``, ``/status`` (JSON), GET only.
+"""Admin HTTP: ``/metrics`` (Prometheus), ``/healthz``, ``/status`` (JSON), GET and HEAD.
 
-A deliberately small HTTP/1.1 server on asyncio streams: three read-only endpoints do not need
-a framework, and staying off uvicorn here keeps signal handling in ``__main__`` alone (hypercorn
-style).  It listens on ``127.0.0.1:9108`` by default; nothing it serves contains a secret.
+Owns the admin listener: a Starlette app served by uvicorn inside the agent's event loop (run
+:meth:`AdminServer.serve` in the agent's TaskGroup).  It listens on ``127.0.0.1:9108`` by
+default and nothing it serves contains a secret.  Signals stay with the CLI: uvicorn's own
+handlers are never installed.
+
+The listener shares a process with delivery, so a flood of requests must not starve delivery of
+file descriptors or of event-loop time.  It is bounded at three places:
+
+* accept: a short listen queue (:data:`BACKLOG`); asyncio also accepts at most that many
+  connections per wake-up, so a burst can never outrun the checks below;
+* connections: at most :data:`MAX_CONNECTIONS` open, and a new one is dropped at once while
+  fewer than :data:`FD_RESERVE` descriptors would remain under ``RLIMIT_NOFILE``: the sender,
+  the store and the drivers keep theirs; a connection that sends no request within
+  :data:`HEAD_TIMEOUT_S` is closed;
+* requests: beyond :data:`LIMIT_CONCURRENCY` at a time uvicorn answers 503 without running a
+  handler.
+
+The handlers themselves read only memory and cached figures (see :mod:`agent.outboxstats`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+import resource
+import socket
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = structlog.get_logger("agent.admin")
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
-MAX_REQUEST = 8192
+
+BACKLOG = 32
+MAX_CONNECTIONS = 64
+LIMIT_CONCURRENCY = 32
+FD_RESERVE = 128
+HEAD_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+
+
+def fd_headroom(fd: int) -> int:
+    """How many descriptors remain above ``fd`` under the soft ``RLIMIT_NOFILE``.
+
+    The kernel hands out the lowest free descriptor, so a freshly opened ``fd`` means every
+    number below it is in use: at most this many are still free."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return int(soft) - fd - 1
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 connection, refused at once when the listener is at its bound."""
+
+    _refused = False
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        if len(self.server_state.connections) >= MAX_CONNECTIONS or fd_headroom(fd) < FD_RESERVE:
+            # A reset, not a 503: writing an answer would hold the descriptor longer.
+            self._refused = True
+            transport.abort()
+            return
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_deadline)
+
+    def _head_deadline(self) -> None:
+        self._head_timer = None
+        cycle: object | None = self.cycle  # uvicorn types it non-optional; None until a request
+        if cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers (the CLI owns signals), stopped by an event."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.exit_now = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def main_loop(self) -> None:
+        # uvicorn polls should_exit ten times a second; an event makes stopping immediate and
+        # the loop otherwise idle.  on_tick(0) refreshes the Date header once a second.
+        while not await self.on_tick(0):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exit_now.wait(), 1.0)
+
+
+async def _not_found(_request: Request, _exc: Exception) -> Response:
+    return PlainTextResponse("not found\n", 404)
+
+
+async def _not_allowed(_request: Request, exc: Exception) -> Response:
+    headers = getattr(exc, "headers", None)
+    return PlainTextResponse("method not allowed\n", 405, headers=headers)
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(_request: Request) -> Response:
+        status, ctype, body = await handler()
+        return Response(body, status, media_type=ctype)
+
+    return endpoint
+
+
+def create_app(routes: dict[str, Handler]) -> Starlette:
+    return Starlette(
+        routes=[Route(path, _endpoint(h), methods=["GET", "HEAD"]) for path, h in routes.items()],
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
 
 
 class AdminServer:
+    """``await start()`` binds (so ``port`` is known and a busy port fails start-up), then
+    ``serve()`` runs until ``close()``."""
+
     def __init__(self, host: str, port: int, routes: dict[str, Handler]) -> None:
         self.host, self.port = host, port
         self.routes = routes
-        self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
+        self._serving = False
+        self._server = _Server(
+            uvicorn.Config(
+                create_app(routes),
+                http=BoundedH11Protocol,
+                ws="none",
+                lifespan="off",
+                access_log=False,
+                log_config=None,
+                server_header=False,
+                backlog=BACKLOG,
+                limit_concurrency=LIMIT_CONCURRENCY,
+                timeout_keep_alive=KEEP_ALIVE_S,
+                timeout_graceful_shutdown=1,
+            )
+        )
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (refused ones never count)."""
+        return len(self._server.server_state.connections)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._server.wait_closed()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so.
+        sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
         try:
-            async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-            if len(head) > MAX_REQUEST:
-                raise ValueError("request too large")
-            line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            method, target, _version = line.split(" ", 2)
-            path = target.split("?", 1)[0]
-            handler = self.routes.get(path)
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = 405, "text/plain", b"method not allowed\n"
-            elif handler is None:
-                status, ctype, body = 404, "text/plain", b"not found\n"
-            else:
-                status, ctype, body = await handler()
-            reason = {
-                200: "OK",
-                404: "Not Found",
-                405: "Method Not Allowed",
-                503: "Service Unavailable",
-            }.get(status, "OK")
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + (body if method == "GET" else b"")
-            )
-            await writer.drain()
-        except (
-            TimeoutError,
-            ValueError,
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            asyncio.LimitOverrunError,
-        ):
-            pass
-        except Exception:
-            log.exception("admin request failed")
-        finally:
-            writer.close()
-            with suppress(Exception):
-                await writer.wait_closed()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+
+    async def serve(self) -> None:
+        if self._server.should_exit:
+            return
+        if self._sock is None:
+            await self.start()
+        assert self._sock is not None
+        self._serving = True
+        await self._server.serve(sockets=[self._sock])
+
+    def close(self) -> None:
+        """Stop serving: ``serve()`` returns after at most a second of grace for requests in
+        flight.  Closes the socket itself if ``serve()`` never ran."""
+        self._server.should_exit = True
+        self._server.exit_now.set()
+        if self._sock is not None and not self._serving:
+            self._sock.close()
 
 
 def json_response(data: Any, status: int = 200) -> tuple[int, str, bytes]:

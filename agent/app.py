@@ -35,13 +35,14 @@ from agent.devices import DeviceSupervisor, Intake
 from agent.hubclient import HubClient
 from agent.inventory import Inventory
 from agent.metrics import Metric, Metrics, counter, gauge
+from agent.outboxstats import OutboxStats
 from agent.sdnotify import Notifier, Watchdog, watchdog_interval
 from agent.store import AsyncStore, Store
 from agent.uplink import Registrar, Sender
 
 log = structlog.get_logger("agent.app")
 
-STATES = ("online", "offline", "disabled", "error")
+STATES = ("online", "offline", "standby", "disabled", "error")
 STATUS_EVERY_S = 5.0
 SHUTDOWN_GRACE_S = 3.0
 
@@ -56,6 +57,7 @@ class App:
         self.cached: dict[str, Any] = {"depth": 0, "oldest": None, "dead": 0, "pending": 0}
         self.core: Core | None = None
         self.admin: AdminServer | None = None
+        self.stats: OutboxStats | None = None
         self.ready = asyncio.Event()
 
     # -- build ----------------------------------------------------------------------------
@@ -73,8 +75,10 @@ class App:
             timeout_s=cfg.upstream.timeout_s,
             ca_file=cfg.upstream.ca_file,
             metrics=self.metrics,
+            max_body=cfg.upstream.max_body_mb << 20,
         )
         core = Core(cfg, AsyncStore(store), inventory, hub, self.metrics, HubHealth(self.metrics))
+        self.stats = OutboxStats(core.store)
         self.metrics.agent_info.labels(cfg.agent.id, __version__).set(1)
         self.metrics.start_time.set(core.started_at)
         self.metrics.register_state(self._collect)
@@ -136,6 +140,7 @@ class App:
         )
         stop_watchdog = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
+            admin_task = tg.create_task(self.admin.serve(), name="admin") if self.admin else None
             device_tasks = [
                 tg.create_task(sup.run(), name=f"device:{name}:supervisor")
                 for name, sup in core.devices.items()
@@ -165,8 +170,9 @@ class App:
             for t in loops:
                 t.cancel()
             await asyncio.gather(*loops, wd_task, return_exceptions=True)
-        if self.admin is not None:
-            await self.admin.close()
+            if self.admin is not None and admin_task is not None:
+                self.admin.close()
+                await asyncio.gather(admin_task, return_exceptions=True)
         depth, _ = await core.store.read(core.store.reader.outbox_stats)
         log.info("stopped", queued=depth)
 
@@ -199,16 +205,9 @@ class App:
         return line
 
     async def _refresh(self) -> None:
-        core = self.core
-        assert core is not None
-        st = core.store.reader
-        depth, oldest = await core.store.read(st.outbox_stats)
-        self.cached = {
-            "depth": depth,
-            "oldest": oldest,
-            "dead": await core.store.read(st.dead_letter_count),
-            "pending": await core.store.read(st.pending_parts),
-        }
+        assert self.stats is not None
+        f = await self.stats.get()
+        self.cached = {"depth": f.depth, "oldest": f.oldest, "dead": f.dead, "pending": f.pending}
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -248,6 +247,7 @@ class App:
                 "url": self.config.upstream.url,
                 "auth_failed": core.health.auth_failed,
                 "last_error": core.health.last_error,
+                "errors": dict(core.health.errors),
                 "last_ok": core.health.last_ok,
             },
             "devices": [

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, split_listen
@@ -57,24 +58,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     log_cfg = config.settings.log
     logs.configure(log_cfg.level, log_cfg.format, log_cfg.show_content)
+    # From here on every line goes through the logger: JSON under journald.
+    log = structlog.get_logger("agent.cli")
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        log.warning("config warning", detail=warning)
     if not config.devices:
-        print(
-            "warning: no [[devices]] configured; the agent will only talk to the hub",
-            file=sys.stderr,
-        )
+        log.warning("no [[devices]] configured; the agent will only talk to the hub")
 
     async def main() -> None:
         shutdown = asyncio.Event()
-        _install_signals(asyncio.get_running_loop(), shutdown)
+        loop = asyncio.get_running_loop()
+        _install_signals(loop, shutdown)
+        loop.set_exception_handler(logs.loop_exception_handler)
         await App(config).run(shutdown)
 
     try:
         asyncio.run(main())
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("cannot run", error=str(exc))
         return 1
+    finally:
+        logs.flush_streaks()
     return 0
 
 
@@ -155,12 +159,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         if last:
             ago = _age(now - datetime.fromisoformat(last).timestamp()) + " ago"
         rows.append(
-            [s["port"], s["sim_id"], s["number"], s["state"], s["signal_dbm"], s["sms_count"], ago]
+            [
+                s["port"],
+                s.get("slot"),
+                s["sim_id"],
+                "esim" if s.get("kind") == "esim" else None,
+                s["number"],
+                s["state"],
+                s["signal_dbm"],
+                s["sms_count"],
+                ago,
+            ]
         )
     print()
-    print(format_table(rows, ["PORT", "ICCID", "NUMBER", "STATE", "DBM", "SMS", "LAST SMS"]))
+    print(
+        format_table(
+            rows, ["PORT", "SLOT", "ICCID", "KIND", "NUMBER", "STATE", "DBM", "SMS", "LAST SMS"]
+        )
+    )
     online = sum(1 for s in st["sims"] if s["state"] == "online")
-    print(f"\n{online}/{len(st['sims'])} SIMs online")
+    standby = sum(1 for s in st["sims"] if s["state"] == "standby")
+    print(f"\n{online}/{len(st['sims'])} SIMs online" + (f", {standby} standby" if standby else ""))
     return 0
 
 

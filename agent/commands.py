@@ -2,7 +2,8 @@
 
 PROTOCOL.md section 5, as the agent side:
 
-* One long-poll is open at all times; errors reconnect with backoff.
+* One long-poll is open at all times; errors reconnect with backoff.  A hub that answers at
+  once with nothing, ignoring ``wait``, is polled at most once a second (``POLL_FLOOR_S``).
 * A command id is executed at most once per outcome: its row is written (``running``) before
   execution and its result (``done``) after, both durable.  A repeated id with a stored result
   only re-sends the result.  A ``running`` row found at start-up (the agent died mid-command)
@@ -12,6 +13,9 @@ PROTOCOL.md section 5, as the agent side:
   SIM (re)appears.
 * Bad commands (not an object, no id, unknown type, unknown SIM, bad number) get
   ``{"ok": false, "error": …}``, never a crash; every command finishes within 60 s.
+* A command for a SIM no device has reported yet waits until the devices have settled (at
+  most ``UNKNOWN_SIM_HOLD_S``) before it is answered ``unknown sim``: after a restart the
+  hub's pending commands arrive before the modems have found their SIMs.
 * Results are reported by a separate loop until the hub takes them (durable ``reported`` flag).
 """
 
@@ -19,19 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 
 from agent.backoff import Backoff
 from agent.config import E164
 from agent.core import Core
-from agent.hubclient import Ok, Permanent, Retry
-from agent.inventory import Sim
+from agent.hubclient import Ok, Outcome, Permanent, Retry
 from agent.store import iso
 from agent.uplink import _pause
 from drivers.base import CommandError
@@ -39,15 +42,32 @@ from drivers.base import CommandError
 log = structlog.get_logger("agent.commands")
 
 COMMAND_TIMEOUT_S = 60.0
-SETTLE_S = 5.0  # how long a result waits for the driver's state event
-TYPES = ("enable", "disable", "forward", "unforward")
+TYPES = ("enable", "disable", "forward", "unforward", "ussd", "esim_download", "esim_delete")
+#: A USSD code as TS 22.030 clause 6.5 writes them: digits, * and #, ending in #.
+USSD_CODE = re.compile(r"[*#][0-9*#]{1,40}#")
+#: How long a command for a SIM not seen yet waits for the devices to report their SIMs
+#: (after a restart the long-poll answers long before a modem has read its SIM cards).
+UNKNOWN_SIM_HOLD_S = 30.0
+HOLD_POLL_S = 0.05
+POLL = "GET /commands"
+RESULT = "POST /commands/{id}/result"
+#: Start-to-start floor between polls that come back early and empty.  PROTOCOL.md section 5
+#: has the hub hold an empty poll for ``wait`` seconds; a hub that answers at once instead
+#: was polled as fast as the loop turns (17,059 requests in 10 s, issue #12).  One second is
+#: the rate PROTOCOL.md section 2 allows a down hub (at most 1 request/s from one agent), and
+#: delays a command by at most a second when the hub misbehaves.  Answers with commands are
+#: never delayed: a hub hands over what it has at once.
+POLL_FLOOR_S = 1.0
+#: A poll the hub still holds after this long was accepted: the hub authenticates before it
+#: waits, and refusals, errors and early answers come back at once.  So the endpoint's error
+#: in /status clears once a long-poll is open again, not only when it ends ``wait`` s later.
+POLL_HELD_S = 2.0
 
 
 class Commands:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._active: set[str] = set()
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[None]] = set()
         self.poll_backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
         self.report_backoff = Backoff(1.0, core.config.upstream.backoff_max_s)
@@ -64,32 +84,65 @@ class Commands:
     async def poll(self) -> None:
         core = self.core
         wait = core.config.upstream.poll_wait_s
+        early = 0  # polls answered early and empty in a row
         while True:
             core.beat("poller")
-            outcome = await core.hub.request(
+            started = time.monotonic()
+            outcome = await self._poll_once(wait)
+            if not isinstance(outcome, Ok):
+                await _pause(core, outcome, self.poll_backoff, POLL, "poller")
+                continue
+            commands = outcome.data.get("commands") if isinstance(outcome.data, dict) else None
+            if not isinstance(commands, list):
+                await _pause(
+                    core,
+                    Retry("GET /commands answered without a commands list"),
+                    self.poll_backoff,
+                    POLL,
+                    "poller",
+                )
+                continue
+            self.poll_backoff.reset()
+            took = time.monotonic() - started
+            early = early + 1 if not commands and took < POLL_FLOOR_S / 2 else 0
+            if early >= 2:
+                # Not a transport failure (the backoff stays reset), but the hub is not doing
+                # what the protocol says: tell the operator, once per streak in the log.  One
+                # early answer alone is normal: a hub that shuts down ends its open polls.
+                if early == 2:
+                    log.warning(
+                        "hub answers GET /commands at once, ignoring wait; "
+                        "polling at most once a second",
+                        wait_s=wait,
+                    )
+                core.health.error(POLL, f"hub answers at once, ignoring wait={wait}")
+            else:
+                core.health.ok(POLL)
+            for body in commands:
+                await self.submit(body)
+            if not commands and took < POLL_FLOOR_S:
+                await core.idle("poller", POLL_FLOOR_S - took)
+
+    async def _poll_once(self, wait: int) -> Outcome:
+        """One long-poll.  While the hub holds it past ``POLL_HELD_S`` the endpoint counts as
+        healthy (see there)."""
+        core = self.core
+        request = asyncio.ensure_future(
+            core.hub.request(
                 "GET",
                 "/commands",
                 params={"wait": str(wait)},
                 endpoint="commands",
                 timeout=wait + core.config.upstream.timeout_s,
             )
-            if isinstance(outcome, Ok):
-                commands = outcome.data.get("commands") if isinstance(outcome.data, dict) else None
-                if not isinstance(commands, list):
-                    await _pause(
-                        core,
-                        Retry("GET /commands answered without a commands list"),
-                        self.poll_backoff,
-                        "GET /commands",
-                        "poller",
-                    )
-                    continue
-                core.health.ok()
-                self.poll_backoff.reset()
-                for body in commands:
-                    await self.submit(body)
-                continue
-            await _pause(core, outcome, self.poll_backoff, "GET /commands", "poller")
+        )
+        try:
+            done, _ = await asyncio.wait({request}, timeout=POLL_HELD_S)
+            if not done:
+                core.health.ok(POLL)
+            return await request
+        finally:
+            request.cancel()  # a no-op once it is done; at shutdown it ends the open poll
 
     async def submit(self, body: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("id"), str | int):
@@ -163,70 +216,83 @@ class Commands:
         self.core.results_wake.set()
 
     async def _execute(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Check the command, then hand it to its device's :class:`SimActions` (the one owner
+        of persisting, acting and waiting for the hardware)."""
         core = self.core
         ctype, sim_id = body.get("type"), body.get("sim_id")
         if ctype not in TYPES:
             return {"ok": False, "error": f"unsupported command type {ctype!r}"}
-        if not isinstance(sim_id, str) or sim_id not in core.inventory.sims:
+        if ctype == "esim_download":
+            return await self._esim_download(body)
+        if not isinstance(sim_id, str) or not await self._await_sim(sim_id):
             return {"ok": False, "error": f"unknown sim {sim_id!r}"}
-        to = body.get("to")
+        to, code = body.get("to"), body.get("code")
         if ctype == "forward" and not (isinstance(to, str) and E164.match(to)):
             return {"ok": False, "error": f"forward needs 'to' as E.164 (+…), got {to!r}"}
-        async with self._locks[sim_id]:
-            sim = core.inventory.sims[sim_id]
-            sup = core.devices.get(sim.device)
-            # Desired state first (durable), hardware second: a crash between converges.
-            if ctype in ("enable", "disable"):
-                enabled = ctype == "enable"
-                await core.store.call(
-                    core.store.store.set_desired, sim_id, enabled=enabled, now=time.time()
-                )
-                core.inventory.set_desired(sim_id, enabled=enabled)
-                if sup is None or sup.driver is None:
-                    return {
-                        "ok": False,
-                        "error": f"device {sim.device} is down; "
-                        "the state will be applied when it reconnects",
-                    }
-                await sup.driver.set_radio(sim.info, enabled)
-                # The driver reports the new radio state as an event: let the inventory catch
-                # up before the result states it (bounded; the next PUT /sims follows anyway).
-                await self._settle(
-                    sim_id,
-                    lambda s: s.info.radio_on == enabled and (s.info.registered or not enabled),
-                )
-            else:
-                target = to if ctype == "forward" else ""
-                await core.store.call(
-                    core.store.store.set_desired,
-                    sim_id,
-                    forward=target,
-                    set_forward=True,
-                    now=time.time(),
-                )
-                core.inventory.set_desired(sim_id, forward=target, set_forward=True)
-                if sup is None or sup.driver is None:
-                    return {
-                        "ok": False,
-                        "error": f"device {sim.device} is down; "
-                        "the state will be applied when it reconnects",
-                    }
-                await sup.driver.set_forwarding(sim.info, target or None)
-            core.inventory.set_error(sim_id, None)
-            return {
-                "ok": True,
-                "state": core.inventory.sims[sim_id].state
-                if sim_id in core.inventory.sims
-                else None,
-            }
+        if ctype == "ussd" and not (isinstance(code, str) and USSD_CODE.fullmatch(code)):
+            return {"ok": False, "error": f"ussd needs 'code' like *100#, got {_short(code)}"}
+        sim = core.inventory.sims[sim_id]
+        sup = core.devices.get(sim.device)
+        if sup is None:
+            return {"ok": False, "error": f"device {sim.device} is not configured here"}
+        result: dict[str, Any] = {"ok": True}
+        if ctype in ("enable", "disable"):
+            await sup.actions.set_enabled(sim, ctype == "enable")
+        elif ctype in ("forward", "unforward"):
+            await sup.actions.set_forwarding(sim, to if ctype == "forward" else None)
+        elif ctype == "ussd":
+            result["reply"] = await sup.actions.ussd(sim, str(code))
+        else:  # esim_delete
+            await sup.actions.esim_delete(sim)
+            result["state"] = None
+            return result
+        core.inventory.set_error(sim_id, None)
+        now = core.inventory.sims.get(sim_id)
+        result["state"] = now.state if now is not None else None
+        return result
 
-    async def _settle(self, sim_id: str, done: Callable[[Sim], bool]) -> None:
-        deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            sim = self.core.inventory.sims.get(sim_id)
-            if sim is None or done(sim):
-                return
-            await asyncio.sleep(0.02)
+    async def _await_sim(self, sim_id: str) -> bool:
+        """Whether ``sim_id`` is in the inventory, holding (bounded) until the devices settle.
+
+        A SIM the devices have not reported yet is not necessarily unknown: after a restart
+        the hub's pending commands arrive before the modems have found their SIMs.  The hold
+        ends as soon as the SIM appears, or once every device has settled (the signal the
+        first ``PUT /sims`` waits for) with all of them up, since then every present SIM has
+        been reported.  A device seen down meanwhile may still bring the SIM back when it
+        reconnects (its SIMs follow its DeviceUp), so then the hold lasts the full
+        ``UNKNOWN_SIM_HOLD_S``.
+        """
+        sims, devices = self.core.inventory.sims, self.core.devices.values()
+        deadline = time.monotonic() + UNKNOWN_SIM_HOLD_S
+        down_seen = logged = False
+        while sim_id not in sims:
+            # A device counts as down once it has tried (before that it is still connecting).
+            down_seen = down_seen or any(s.first_attempt.is_set() and not s.up for s in devices)
+            if all(s.first_attempt.is_set() for s in devices) and not down_seen:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            if not logged:
+                logged = True
+                log.info("command waits for the devices to report their SIMs", sim_id=sim_id)
+            await asyncio.sleep(HOLD_POLL_S)
+        return True
+
+    async def _esim_download(self, body: dict[str, Any]) -> dict[str, Any]:
+        device, port = body.get("device"), body.get("port")
+        code, confirm = body.get("activation_code"), body.get("confirmation_code")
+        sup = self.core.devices.get(device) if isinstance(device, str) else None
+        if sup is None:
+            return {"ok": False, "error": f"esim_download: unknown device {_short(device)}"}
+        if not (isinstance(code, str) and code.startswith("LPA:") and len(code) <= 512):
+            return {"ok": False, "error": "esim_download needs activation_code 'LPA:1$…'"}
+        if port is not None and not (isinstance(port, str) and port.startswith(f"{device}/")):
+            return {"ok": False, "error": f"esim_download: port must be '{device}/<n>'"}
+        if confirm is not None and not isinstance(confirm, str):
+            return {"ok": False, "error": "esim_download: confirmation_code must be a string"}
+        iccid = await sup.actions.esim_download(port, code, confirm)
+        sim = self.core.inventory.sims.get(iccid)
+        return {"ok": True, "sim_id": iccid, "state": sim.state if sim is not None else None}
 
     # -- report ---------------------------------------------------------------------------
 
@@ -241,20 +307,21 @@ class Commands:
                 continue
             for row in rows:
                 body = json.dumps(row.result or {}).encode()
-                outcome = await core.hub.request(
-                    "POST", f"/commands/{row.id}/result", body=body, endpoint="command_result"
-                )
+                # The id is the hub's, any string: quoted, so one that cannot stand in a URL
+                # (a newline, a space) cannot fail every attempt and hold up the results after it.
+                path = f"/commands/{quote(row.id, safe='')}/result"
+                outcome = await core.hub.request("POST", path, body=body, endpoint="command_result")
                 if isinstance(outcome, Ok | Permanent):
-                    if isinstance(outcome, Permanent):
+                    if isinstance(outcome, Ok):
+                        core.health.ok(RESULT)
+                    else:
                         log.error(
                             "hub refused a command result", command_id=row.id, reason=outcome.reason
                         )
                     await core.store.call(core.store.store.command_reported, row.id)
                     self.report_backoff.reset()
                     continue
-                await _pause(
-                    core, outcome, self.report_backoff, "POST /commands/{id}/result", "reporter"
-                )
+                await _pause(core, outcome, self.report_backoff, RESULT, "reporter")
                 break
 
 

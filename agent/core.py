@@ -30,34 +30,53 @@ BEAT_S = 1.0  # idle loops beat at least this often (well inside any WatchdogSec
 
 @dataclass(slots=True)
 class HubHealth:
-    """Whether the hub accepts us.  Auth failure is logged once per streak (PROTOCOL.md 2)."""
+    """Whether the hub accepts us, per endpoint.  Auth failure is logged once per streak
+    (PROTOCOL.md 2).
+
+    Errors are kept per endpoint (``"POST /messages"``, ``"GET /commands"``, …) and only a
+    success of the same endpoint clears one: a long-poll that works says nothing about a
+    ``POST /messages`` that keeps failing (issue #12).
+    """
 
     metrics: Metrics
-    auth_failed: bool = False
-    last_error: str | None = None
     last_ok: float | None = None
+    #: endpoint → its standing error, oldest first (re-set errors move to the end)
+    errors: dict[str, str] = field(default_factory=dict)
+    #: endpoints whose standing error is an auth failure
+    _auth: set[str] = field(default_factory=set, init=False, repr=False)
 
-    def ok(self) -> None:
-        if self.auth_failed:
-            log.info("hub accepts the API key again; resuming")
-        self.auth_failed = False
-        self.last_error = None
+    @property
+    def auth_failed(self) -> bool:
+        return bool(self._auth)
+
+    @property
+    def last_error(self) -> str | None:
+        """The most recent error that still stands, on any endpoint."""
+        return next(reversed(self.errors.values()), None)
+
+    def ok(self, endpoint: str) -> None:
+        if endpoint in self._auth:
+            self._auth.discard(endpoint)
+            if not self._auth:
+                log.info("hub accepts the API key again; resuming")
+                self.metrics.auth_failure.set(0)
+        self.errors.pop(endpoint, None)
         self.last_ok = time.time()
-        self.metrics.auth_failure.set(0)
 
-    def auth(self, reason: str, retry_s: float) -> None:
-        if not self.auth_failed:
+    def auth(self, endpoint: str, reason: str, retry_s: float) -> None:
+        if not self._auth:
             log.error(
                 "hub rejected the API key: sending stopped, everything stays queued",
                 reason=reason,
                 retry_in_s=retry_s,
             )
-        self.auth_failed = True
-        self.last_error = f"auth: {reason}"
+        self._auth.add(endpoint)
+        self.error(endpoint, f"auth: {reason}")
         self.metrics.auth_failure.set(1)
 
-    def error(self, reason: str) -> None:
-        self.last_error = reason
+    def error(self, endpoint: str, reason: str) -> None:
+        self.errors.pop(endpoint, None)
+        self.errors[endpoint] = f"{endpoint}: {reason}"
 
 
 @dataclass(slots=True)

@@ -33,6 +33,8 @@ from agent.hub import HubConfig, HubState, run_hub
 from agent.hub.customer_api import extract_code
 from drivers.simulated import SimNetwork
 
+GATEWAY = "gw1"
+
 CUSTOMER_KEY = "demo-customer"
 AGENT_KEY = "demo-key"
 
@@ -83,6 +85,7 @@ class Demo:
         self.hub_state = HubState()
         self.rented: set[str] = set()  # numbers the customer holds: background traffic skips them
         self.app: App | None = None
+        self.held = 0
 
     def _config(self, state_dir: Path, hub_url: str) -> dict[str, Any]:
         half = self.sims // 2
@@ -97,6 +100,15 @@ class Demo:
                     "driver": "simulated",
                     "sims": self.sims - half,
                     "country": "KZ",
+                },
+                # An 8-port SIM-bank gateway, 4 slots a port, the last port an eUICC.
+                {
+                    "name": GATEWAY,
+                    "driver": "simulated",
+                    "sims": 32,
+                    "slots": 4,
+                    "esim_ports": 1,
+                    "country": "RU",
                 },
             ],
         }
@@ -131,6 +143,7 @@ class Demo:
                     tg.create_task(self._traffic(net), name="demo:traffic"),
                     tg.create_task(self._customer(net, hub_url), name="demo:customer"),
                     tg.create_task(self._screen(hub_url), name="demo:screen"),
+                    tg.create_task(self._gateway(config.agent.id), name="demo:gateway"),
                 ]
                 with suppress(TimeoutError):
                     async with asyncio.timeout(duration):
@@ -142,6 +155,7 @@ class Demo:
                 await agent_task
                 hub_stop.set()
                 await hub_task
+                self.held = net.stored()
                 net.close()
         self._summary()
 
@@ -203,6 +217,55 @@ class Demo:
                 await call("setstatus", id=act, status="1")
                 self.rented.discard(number)
 
+    async def _command(self, kind: str, sim_id: str | None, **params: str) -> dict[str, Any]:
+        """A command through the hub, as the platform sends it; its result (bounded wait)."""
+        hub = self.hub_state
+        cid = hub.enqueue_command(kind, sim_id, **params)
+        for _ in range(300):
+            if cid in hub.command_results:
+                return dict(hub.command_results[cid])
+            await asyncio.sleep(0.1)
+        return {"ok": False, "error": "no result within 30 s"}
+
+    async def _gateway(self, agent_id: str) -> None:
+        """The platform working the SIM bank: a standby SIM is enabled every few seconds (its
+        port switches slot and the SMS the network held for it arrive); now and then an eSIM
+        profile is downloaded onto the eUICC and deleted again."""
+        profile: str | None = None
+        round_no = 0
+        while True:
+            await asyncio.sleep(6)
+            round_no += 1
+            with self.hub_state.lock:
+                standby = [
+                    s
+                    for s in self.hub_state.sims.values()
+                    if s.get("device") == GATEWAY
+                    and s["state"] == "standby"
+                    and s.get("kind") == "sim"
+                ]
+            if standby:
+                sim = self.rng.choice(sorted(standby, key=lambda s: s["sim_id"]))
+                r = await self._command("enable", sim["sim_id"])
+                self._event(
+                    f"platform: enable standby {sim['slot']} → {r.get('state') or r.get('error')}"
+                )
+            if round_no % 4 == 1 and profile is None:
+                r = await self._command(
+                    "esim_download",
+                    None,
+                    agent_id=agent_id,
+                    device=GATEWAY,
+                    activation_code=f"LPA:1$smdp.demo.example${round_no:04d}",
+                )
+                profile = r.get("sim_id") if r.get("ok") else None
+                self._event(f"platform: esim_download → {profile or r.get('error')}")
+            elif round_no % 4 == 3 and profile is not None:
+                await self._command("disable", profile)
+                r = await self._command("esim_delete", profile)
+                self._event(f"platform: esim_delete {profile} → {'ok' if r['ok'] else r['error']}")
+                profile = None
+
     async def _screen(self, hub_url: str) -> None:
         tty = sys.stdout.isatty()
         while True:
@@ -235,11 +298,16 @@ class Demo:
         assert app is not None and app.core is not None
         width = shutil.get_terminal_size((100, 30)).columns
         lines = [f"vsim-agent demo — hub {hub_url} — Ctrl-C to stop", self._line(), ""]
-        sims = sorted(app.core.inventory.sims.values(), key=lambda s: s.info.port)
-        lines.append(f"{'PORT':<11}{'NUMBER':<15}{'STATE':<10}{'DBM':>5}{'SMS':>6}")
+        sims = sorted(
+            app.core.inventory.sims.values(), key=lambda s: (s.info.port, s.info.slot or "")
+        )
+        lines.append(
+            f"{'PORT':<11}{'SLOT':<6}{'KIND':<5}{'NUMBER':<15}{'STATE':<9}{'DBM':>5}{'SMS':>6}"
+        )
         for s in sims:
             lines.append(
-                f"{s.info.port:<11}{s.number or '-':<15}{s.state:<10}"
+                f"{s.info.port:<11}{s.info.slot or '-':<6}{s.info.kind.value:<5}"
+                f"{s.number or '-':<15}{s.state:<9}"
                 f"{s.info.signal_dbm if s.info.signal_dbm is not None else '-':>5}"
                 f"{s.sms_count:>6}"
             )
@@ -262,7 +330,8 @@ class Demo:
         print(
             f"\ndemo finished: {self.sent} SMS sent by the traffic generator, "
             f"{got} messages received by the hub, duplicates absorbed by id: "
-            f"{self.hub_state.duplicates}"
+            f"{self.hub_state.duplicates}; SMS parts the network still holds for standby SIMs: "
+            f"{self.held}"
         )
 
 

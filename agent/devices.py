@@ -10,7 +10,10 @@
   after it is durable (invariant 1); a crash between commit and ack leaves a part that is
   re-read and recognised by its id (invariant 2).
 * Desired state (invariant 6): whenever a SIM (re)appears, its persisted desired radio and
-  forwarding state are compared with what the hardware reports and re-applied.
+  forwarding state are compared with what the hardware reports and re-applied, through the same
+  :class:`agent.actions.SimActions` that executes the hub's commands.
+* :class:`StoreDriverState`: the driver's durable key-value (``DriverContext.state``), kept in
+  the store per device.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from contextlib import suppress
 
 import structlog
 
+from agent.actions import SimActions
 from agent.backoff import Backoff
 from agent.core import Core
 from agent.store import iso
@@ -34,6 +38,7 @@ from drivers.base import (
     Driver,
     DriverContext,
     DriverError,
+    DriverState,
     Event,
     SimGone,
     SimPresent,
@@ -53,6 +58,33 @@ DEVICE_BEAT_S = 10.0
 ACK_RETRY_S = 2.0
 
 
+class StoreDriverState(DriverState):
+    """``DriverContext.state`` kept in the core's store (table ``driver_state``), per device.
+
+    Reads are served from memory after the first; a write returns once committed (fsync)."""
+
+    def __init__(self, core: Core, device: str) -> None:
+        super().__init__()
+        self._core = core
+        self._device = device
+        self._loaded: set[str] = set()
+
+    async def get(self, key: str) -> str | None:
+        if key not in self._loaded:
+            store = self._core.store
+            value = await store.call(store.store.driver_state_get, self._device, key)
+            if value is not None:
+                await super().set(key, value)
+            self._loaded.add(key)
+        return await super().get(key)
+
+    async def set(self, key: str, value: str) -> None:
+        store = self._core.store
+        await store.call(store.store.driver_state_set, self._device, key, value)
+        self._loaded.add(key)
+        await super().set(key, value)
+
+
 class DeviceSupervisor:
     def __init__(self, core: Core, name: str, intake: Intake) -> None:
         self.core = core
@@ -67,6 +99,8 @@ class DeviceSupervisor:
         self._acks: asyncio.Queue[Hashable] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self.backoff = Backoff(1.0, 60.0)
+        self.actions = SimActions(self)
+        self._state = StoreDriverState(core, name)
 
     def context(self) -> DriverContext:
         return DriverContext(
@@ -74,6 +108,7 @@ class DeviceSupervisor:
             state_dir=self.core.config.agent.state_dir,
             cached_number=self.core.inventory.cached_number,
             number_recipes=self.core.config.number_recipes,
+            state=self._state,
         )
 
     async def run(self) -> None:
@@ -117,12 +152,14 @@ class DeviceSupervisor:
         beat = f"device:{self.name}"
         events = aiter(driver.events())
         pending: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
-        connected = time.monotonic()
+        connected = last_inventory = time.monotonic()
         try:
             while True:
                 self.core.beat(beat)
                 # Until the device is "settled", wait only briefly: the first pause in its
-                # event stream after connecting marks the end of its initial inventory.
+                # inventory events (SIMs, up/down) after connecting marks the end of its initial
+                # inventory.  SMS and stats do not count: a restart under steady traffic would
+                # otherwise wait out SETTLE_MAX_S before the first PUT /sims.
                 settling = not self.first_attempt.is_set()
                 done, _ = await asyncio.wait(
                     {pending}, timeout=SETTLE_QUIET_S if settling else DEVICE_BEAT_S
@@ -136,8 +173,14 @@ class DeviceSupervisor:
                 except StopAsyncIteration:
                     return
                 await self._handle(event)
-                if settling and time.monotonic() - connected > SETTLE_MAX_S:
-                    self._settled(connected)
+                if settling:
+                    now = time.monotonic()
+                    if not isinstance(event, SmsPart | DeviceStat):
+                        last_inventory = now
+                    elif self.up and now - last_inventory > SETTLE_QUIET_S:
+                        self._settled(connected)
+                    if now - connected > SETTLE_MAX_S:
+                        self._settled(connected)
                 pending = asyncio.ensure_future(anext(events))
         finally:
             pending.cancel()
@@ -231,40 +274,31 @@ class DeviceSupervisor:
             self.stats[(ev.name, ev.port, ev.labels)] = ev.value
 
     def _reapply(self, iccid: str) -> None:
-        """Converge the hardware on the persisted desired state (invariant 6)."""
+        """Converge the hardware on the persisted desired state (invariant 6), in a task: the
+        event loop of this device goes on meanwhile (the driver reports the outcome)."""
         sim = self.core.inventory.sims.get(iccid)
-        driver = self.driver
-        if sim is None or driver is None:
+        if sim is None or self.driver is None or "converge" in sim.applying:
             return
-        info = sim.info
-        if sim.desired_enabled != info.radio_on and "radio" not in sim.applying:
-            self._apply(sim.iccid, "radio", driver.set_radio(info, sim.desired_enabled))
-        want = sim.desired_forward
-        if want is not None and (want or None) != info.forward_to and "fwd" not in sim.applying:
-            self._apply(sim.iccid, "fwd", driver.set_forwarding(info, want or None))
-
-    def _apply(self, iccid: str, what: str, coro: object) -> None:
-        sim = self.core.inventory.sims[iccid]
-        sim.applying.add(what)
+        if not self.actions.diverges(sim):
+            return
+        sim.applying.add("converge")
 
         async def run() -> None:
             try:
                 async with asyncio.timeout(60):
-                    await coro  # type: ignore[misc]
-                log.info("re-applied desired state", device=self.name, sim_id=iccid, what=what)
+                    await self.actions.converge(iccid)
             except Exception as exc:
                 log.warning(
                     "could not re-apply desired state",
                     device=self.name,
                     sim_id=iccid,
-                    what=what,
                     reason=_reason(exc),
                 )
-                self.core.inventory.set_error(iccid, f"re-apply {what}: {_reason(exc)}")
+                self.core.inventory.set_error(iccid, f"re-apply: {_reason(exc)}")
             finally:
-                sim.applying.discard(what)
+                sim.applying.discard("converge")
 
-        task = asyncio.create_task(run(), name=f"device:{self.name}:apply:{iccid}:{what}")
+        task = asyncio.create_task(run(), name=f"device:{self.name}:converge:{iccid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -7,7 +7,12 @@ should see, so the registrar can send within a second.
 
 State rule: ``disabled`` when the hub switched the SIM off (desired state, whatever the radio
 does meanwhile); ``error`` when the last command or the device reported an error for it;
-``online`` when its device is up, its radio on and it is registered; ``offline`` otherwise.
+``standby`` when it is present in a bank slot or eSIM profile that is not the selected one on
+its port (PROTOCOL.md section 3, v1.1: healthy, not usable now); ``online`` when its device is
+up, its radio on and it is registered; ``offline`` otherwise.
+
+A SIM's location is (port, slot): on a SIM bank or an eUICC several SIMs share a port, each in
+its own slot; a standby SIM stays listed for as long as its driver reports it.
 
 A SIM a driver reports gone stays listed ``offline`` for ``GONE_GRACE_S``: a USB hiccup, a
 modem reset or a re-plug must not make the hub forget a rented number for a few seconds
@@ -20,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +34,8 @@ from agent import __version__
 from agent.mcc import country_of
 from agent.store import SimRow
 from drivers.base import SimInfo
+
+Location = tuple[str, str | None]  # (port, slot)
 
 #: How long a SIM reported gone stays listed (offline) before it leaves the inventory.
 GONE_GRACE_S = 600.0
@@ -57,12 +66,20 @@ class Sim:
             return "disabled"
         if self.error:
             return "error"
-        if self.gone_at is None and self.device_up and self.info.radio_on and self.info.registered:
-            return "online"
+        if self.gone_at is None and self.device_up:
+            if not self.info.selected:
+                return "standby"
+            if self.info.radio_on and self.info.registered:
+                return "online"
         return "offline"
+
+    @property
+    def location(self) -> Location:
+        return (self.info.port, self.info.slot)
 
     def record(self) -> dict[str, Any]:
         info = self.info
+        balance = info.balance
         return {
             "sim_id": self.iccid,
             "imsi": info.imsi,
@@ -79,6 +96,17 @@ class Sim:
             "signal_dbm": info.signal_dbm,
             "forward_to": self.desired_forward or None,
             "last_sms_at": self.last_sms_at,
+            "kind": info.kind.value,
+            "eid": info.eid,
+            "slot": info.slot,
+            "selected": info.selected,
+            "balance": None
+            if balance is None
+            else {
+                "amount": balance.amount,
+                "currency": balance.currency,
+                "checked_at": balance.checked_at.isoformat(),
+            },
         }
 
 
@@ -89,8 +117,10 @@ class Inventory:
         self._config_numbers = config_numbers
         self._known: dict[str, SimRow] = {}
         self.sims: dict[str, Sim] = {}
-        self._by_port: dict[str, str] = {}  # port → ICCID of the SIM listed there
+        self._at: dict[Location, str] = {}  # (port, slot) → ICCID of the SIM listed there
         self.changed = asyncio.Event()
+        #: Replaced and set on every report from a device: what :meth:`wait_for` waits on.
+        self._reported = asyncio.Event()
 
     def load(self, rows: dict[str, SimRow]) -> None:
         """What the store remembers: cached numbers, desired state, last SMS."""
@@ -104,17 +134,42 @@ class Inventory:
 
     def _touch(self) -> None:
         self.changed.set()
+        reported, self._reported = self._reported, asyncio.Event()
+        reported.set()
+
+    async def wait_for(
+        self, iccid: str, done: Callable[[Sim | None], bool], within_s: float
+    ) -> bool:
+        """Wait (bounded) until ``done(sim)`` holds for the SIM's record, woken by each device
+        report rather than polling.  False when it did not within ``within_s``."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while True:
+                    reported = self._reported  # taken before the check: no lost wake-up
+                    if done(self.sims.get(iccid)):
+                        return True
+                    await reported.wait()
+        return False
+
+    def forget(self, iccid: str) -> None:
+        """Drop a SIM that no longer exists at all (an eSIM profile deleted on request)."""
+        sim = self.sims.pop(iccid, None)
+        if sim is not None:
+            if self._at.get(sim.location) == iccid:
+                del self._at[sim.location]
+            self._touch()
 
     def present(self, device: str, info: SimInfo) -> Sim:
         """A device reports a SIM.  Returns the merged record (new or updated)."""
-        # A SIM that moved (swap, re-plug under another device) leaves its old port.
-        other = self._by_port.get(info.port)
+        # A SIM that moved (swap, re-plug under another device) leaves its old place.
+        where = (info.port, info.slot)
+        other = self._at.get(where)
         if other is not None and other != info.iccid:
             self.sims.pop(other, None)
         old = self.sims.get(info.iccid)
-        if old is not None and old.info.port != info.port:
-            self._by_port.pop(old.info.port, None)
-        self._by_port[info.port] = info.iccid
+        if old is not None and old.location != where and self._at.get(old.location) == old.iccid:
+            del self._at[old.location]
+        self._at[where] = info.iccid
         sim = self.sims.get(info.iccid)
         if sim is None:
             row = self._known.get(info.iccid)
@@ -140,13 +195,19 @@ class Inventory:
         return sim
 
     def signal(self, port: str, dbm: int) -> None:
-        sim = self.sims.get(self._by_port.get(port, ""))
+        """A signal reading for a one-slot port (the AT driver's small changes)."""
+        sim = self.sims.get(self._at.get((port, None), ""))
         if sim is not None and sim.info.signal_dbm != dbm:
             sim.info = replace(sim.info, signal_dbm=dbm)
 
     def gone(self, port: str, iccid: str | None) -> None:
-        sim = self.sims.get(self._by_port.get(port, ""))
-        if sim is not None and (iccid is None or sim.iccid == iccid) and sim.gone_at is None:
+        if iccid is not None:
+            sim = self.sims.get(iccid)
+            if sim is not None and sim.info.port != port:
+                sim = None  # it already moved elsewhere: the report is about the old place
+        else:
+            sim = self.sims.get(self._at.get((port, None), ""))
+        if sim is not None and sim.gone_at is None:
             sim.gone_at = time.monotonic()
             self._touch()
 
@@ -155,8 +216,8 @@ class Inventory:
         for sim in list(self.sims.values()):
             if sim.gone_at is not None and now - sim.gone_at > GONE_GRACE_S:
                 del self.sims[sim.iccid]
-                if self._by_port.get(sim.info.port) == sim.iccid:
-                    del self._by_port[sim.info.port]
+                if self._at.get(sim.location) == sim.iccid:
+                    del self._at[sim.location]
 
     def device_down(self, device: str) -> None:
         for sim in self.sims.values():
@@ -207,5 +268,9 @@ class Inventory:
         return {
             "agent": {"id": self.agent_id, "version": __version__, "hostname": self.hostname},
             "seq": seq,
-            "sims": [s.record() for s in sorted(self.sims.values(), key=lambda s: s.info.port)],
+            "sims": [s.record() for s in sorted(self.sims.values(), key=_order)],
         }
+
+
+def _order(sim: Sim) -> tuple[str, str]:
+    return (sim.info.port, sim.info.slot or "")

@@ -18,6 +18,8 @@ crash (DESIGN.md invariant 1).  Tables:
 * ``dead_letters``: messages the hub rejected (invariant 3): kept, listed, re-sendable.
 * ``commands``: hub commands with their durable outcome (PROTOCOL.md section 5).
 * ``meta``: the inventory snapshot ``seq``.
+* ``driver_state``: each device's small durable key-value (``DriverContext.state``): poll
+  cursors, a gateway's boot id, the SIM-bank rotation order.
 
 :class:`Store` is synchronous and not thread-safe: the app calls it only through
 :class:`AsyncStore`, which runs writes on one dedicated thread (so the event loop never blocks
@@ -105,6 +107,17 @@ MIGRATIONS: tuple[str, ...] = (
         received_at REAL NOT NULL, finished_at REAL
     );
     CREATE INDEX commands_unreported ON commands (reported, state);
+    """,
+    # 2: drivers' small durable key-value (poll cursors, gateway boot ids, rotation order).
+    """
+    CREATE TABLE driver_state (
+        device TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (device, key)
+    );
+    """,
+    # 3: a part decoded despite a defect in its PDU says what the defect was.
+    """
+    ALTER TABLE parts ADD COLUMN malformed TEXT;
     """,
 )
 
@@ -311,6 +324,20 @@ class Store:
                     {"f": forward, "iccid": iccid},
                 )
 
+    def driver_state_get(self, device: str, key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM driver_state WHERE device = ? AND key = ?", (device, key)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def driver_state_set(self, device: str, key: str, value: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO driver_state (device, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (device, key) DO UPDATE SET value = excluded.value",
+                (device, key, value),
+            )
+
     def next_seq(self) -> int:
         """The next inventory snapshot number; persisted so it grows across restarts."""
         with self._tx():
@@ -382,9 +409,9 @@ class Store:
                 return
         self._db.execute(
             "INSERT INTO parts (part_id, iccid, sender, ref_bits, ref, part_no, total, encoding,"
-            " text, data, raw, sent_at, flash, received_at) VALUES (:part_id, :iccid, :sender,"
-            " :ref_bits, :ref, :part_no, :total, :encoding, :text, :data, :raw, :sent_at,"
-            " :flash, :now)",
+            " text, data, raw, sent_at, flash, malformed, received_at) VALUES (:part_id, :iccid,"
+            " :sender, :ref_bits, :ref, :part_no, :total, :encoding, :text, :data, :raw,"
+            " :sent_at, :flash, :malformed, :now)",
             {
                 **key,
                 "part_id": part_id,
@@ -395,6 +422,7 @@ class Store:
                 "raw": part.raw,
                 "sent_at": part.sent_at.isoformat() if part.sent_at else None,
                 "flash": int(part.flash),
+                "malformed": part.malformed,
                 "now": now,
             },
         )
@@ -474,6 +502,14 @@ class Store:
             body["encoding"] = marker
         if any(p["flash"] for p in parts):
             body["flash"] = True
+        defects = [(n, p["malformed"]) for n, p in enumerate(parts, 1) if p["malformed"]]
+        if defects:
+            # Decoded as the PDU announced, but flagged, with every raw byte kept (the TPDU
+            # of each part, in part order) so the platform can look at what was dropped.
+            body["malformed"] = "; ".join(
+                f"part {n}: {d}" if len(parts) > 1 else d for n, d in defects
+            )
+            body["raw"] = [bytes(p["raw"]).hex().upper() for p in parts]
         self._db.execute(
             "INSERT OR IGNORE INTO outbox (id, iccid, body, stored_at)"
             " VALUES (:id, :iccid, :body, :now)",
@@ -661,11 +697,15 @@ def _row_of(part: SmsPart) -> dict[str, Any]:
         "raw": part.raw,
         "sent_at": part.sent_at.isoformat() if part.sent_at else None,
         "flash": part.flash,
+        "malformed": part.malformed,
     }
 
 
+_PART_FIELDS = ("sender", "encoding", "text", "data", "raw", "sent_at", "flash", "malformed")
+
+
 def _row_dict(r: sqlite3.Row) -> dict[str, Any]:
-    return {k: r[k] for k in ("sender", "encoding", "text", "data", "raw", "sent_at", "flash")}
+    return {k: r[k] for k in _PART_FIELDS}
 
 
 def _command_row(r: sqlite3.Row) -> CommandRow:
@@ -681,13 +721,17 @@ def _command_row(r: sqlite3.Row) -> CommandRow:
 
 
 class AsyncStore:
-    """Writes on one worker thread in submission order; reads on a second connection."""
+    """Writes on one worker thread in submission order; the sender's reads on a second
+    connection and thread; admin reads (``/status``, ``/metrics``) on a third, so however many
+    operators or scrapers ask, their queries never queue in front of delivery's."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.reader = Store(store.path, reader=True)
+        self.admin_reader = Store(store.path, reader=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._admin_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-admin")
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a write on the writer thread.  A transient failure (locked by another process
@@ -716,8 +760,15 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_pool, functools.partial(fn, *args, **kwargs))
 
+    async def read_admin(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a read-only method of ``self.admin_reader`` on the admin's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._admin_pool, functools.partial(fn, *args, **kwargs))
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._read_pool.shutdown(wait=True)
+        self._admin_pool.shutdown(wait=True)
         self.reader.close()
+        self.admin_reader.close()
         self.store.close()

@@ -31,17 +31,20 @@ log = structlog.get_logger("agent.uplink")
 
 IDLE_POLL_S = 1.0  # the outbox is re-checked this often even without a wake-up (CLI resends)
 REGISTRAR_DEBOUNCE_S = 0.3
+MESSAGES = "POST /messages"
+SIMS = "PUT /sims"
 
 
 async def _pause(core: Core, outcome: Outcome, backoff: Backoff, what: str, loop: str) -> None:
-    """Sleep as the outcome demands; log the first failure of a streak at WARNING."""
+    """Sleep as the outcome demands; log the first failure of a streak at WARNING.  ``what``
+    is the endpoint (``"POST /messages"``): the error is kept for it alone in /status."""
     if isinstance(outcome, AuthFailed):
-        core.health.auth(outcome.reason, core.config.upstream.auth_retry_s)
+        core.health.auth(what, outcome.reason, core.config.upstream.auth_retry_s)
         await core.idle(loop, core.config.upstream.auth_retry_s)
         return
     reason = outcome.reason if isinstance(outcome, Retry | Permanent) else "bad response"
     delay = backoff.next(outcome.after if isinstance(outcome, Retry) else None)
-    core.health.error(f"{what}: {reason}")
+    core.health.error(what, reason)
     if backoff.failures == 1:
         log.warning(
             "hub request failed; retrying", what=what, reason=reason, retry_in_s=round(delay, 2)
@@ -122,7 +125,7 @@ class Sender:
                 outcome = await self._send(rows)
                 if outcome is not None:
                     core.metrics.retries.inc()
-                    await _pause(core, outcome, self.backoff, "POST /messages", "sender")
+                    await _pause(core, outcome, self.backoff, MESSAGES, "sender")
         finally:
             # Shutdown: let the pending settle finish (it is a short local commit).
             if self._settling is not None:
@@ -147,7 +150,10 @@ class Sender:
             first_open = next((r.seq for r in rows if r.id not in answered_ids), None)
             self._cursor = (first_open - 1) if first_open is not None else rows[-1].seq
             await self._settle(answered, accepted, rejected)
-            self._after_answer()
+            if answered or retry:
+                # Progress only: a 200 that settles none of the batch is a failure like any
+                # other, so the backoff keeps growing instead of restarting at ~2 tries a second.
+                self._after_answer()
             if first_open is not None and not retry:
                 return Retry("hub did not answer for every message of the batch")
             return None
@@ -217,7 +223,7 @@ class Sender:
         self._settling = asyncio.ensure_future(settle())
 
     def _after_answer(self) -> None:
-        self.core.health.ok()
+        self.core.health.ok(MESSAGES)
         self.backoff.reset()
         if self._isolate:
             self._isolate -= 1
@@ -273,7 +279,7 @@ class Registrar:
             if isinstance(outcome, Ok):
                 core.registered.update(s["sim_id"] for s in snapshot["sims"])
                 core.registered_wake.set()
-                core.health.ok()
+                core.health.ok(SIMS)
                 self.backoff.reset()
                 self.sent += 1
                 return True
@@ -282,6 +288,6 @@ class Registrar:
                     "hub refused the SIM inventory; retrying at the next heartbeat",
                     reason=outcome.reason,
                 )
-                core.health.error(f"PUT /sims refused: {outcome.reason}")
+                core.health.error(SIMS, f"refused: {outcome.reason}")
                 return False
-            await _pause(core, outcome, self.backoff, "PUT /sims", "registrar")
+            await _pause(core, outcome, self.backoff, SIMS, "registrar")

@@ -16,6 +16,7 @@ DRIVERS: dict[str, str] = {
     "simulated": "drivers.simulated:SimulatedDriver",
     "at": "drivers.at.driver:AtDriver",
     "ejoin": "drivers.ejoin.driver:EjoinDriver",
+    "goip": "drivers.goip.driver:GoipDriver",
 }
 
 

@@ -158,6 +158,10 @@ class SmsPart:
     data: bytes = b""  # UCS2 / BINARY / UNDECODABLE
     concat: Concat | None = None
     flash: bool = False  # class 0 (TS 23.038 clause 4)
+    #: What was wrong with a PDU decoded anyway (e.g. user data longer than TP-UDL, decoded
+    #: as announced); ``raw`` still holds every byte.  Forwarded as the message's
+    #: ``malformed`` field with the raw bytes (README, decisions).
+    malformed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +234,8 @@ class DriverContext:
 class DriverConfig(BaseModel):
     """Base of every driver's ``[[devices]]`` table.  Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: ``poll_s = inf`` passes ``gt=0`` and would wedge a loop silently.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     driver: str

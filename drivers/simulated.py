@@ -11,16 +11,23 @@ plays two real-world roles:
 * the network's store-and-forward: an SMS for a SIM whose radio is off is held and delivered
   once the radio is back on, as a real SMSC retries (TS 23.040 3.2.5).
 
+A simulated device can also be a SIM bank or an eSIM gateway (``slots``, ``esim_ports``): its
+SIMs then sit ``slots`` to a port, one *selected* per port and the others standby (the network
+holds their SMS, as it does for a SIM that is not in a radio module); ``select`` switches a
+port's slot, and on eUICC ports ``esim_download`` / ``esim_delete`` add and remove profiles.
+
 Faults on demand (``SimNetwork.set_fault``): a device goes down (connect fails, the event stream
-ends), or acks become slow.  Multipart messages are sent as parts with concatenation info, in any
-order, optionally with parts dropped; UCS2 text travels as UTF-16BE bytes so a surrogate pair can
-be split across parts as phones do.
+ends), acks become slow, or connecting becomes slow (a modem pool still reading its SIM cards).
+Multipart messages are sent as parts with concatenation info, in any order, optionally with
+parts dropped; UCS2 text travels as UTF-16BE bytes so a surrogate pair can be split across
+parts as phones do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -34,9 +41,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from drivers.base import (
+    Capability,
     CommandError,
     Concat,
     DeviceDown,
@@ -47,7 +55,9 @@ from drivers.base import (
     DriverError,
     Encoding,
     Event,
+    SimGone,
     SimInfo,
+    SimKind,
     SimPresent,
     SmsPart,
 )
@@ -80,6 +90,10 @@ CREATE TABLE IF NOT EXISTS sims (
     forward_to TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sims_number ON sims (number);
+CREATE TABLE IF NOT EXISTS banks (
+    iccid TEXT PRIMARY KEY, port INTEGER NOT NULL, slot INTEGER NOT NULL,
+    selected INTEGER NOT NULL, kind TEXT NOT NULL, eid TEXT
+);
 CREATE TABLE IF NOT EXISTS sms (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, iccid TEXT NOT NULL,
     uid TEXT NOT NULL, sender TEXT NOT NULL, sent_at TEXT NOT NULL, encoding TEXT NOT NULL,
@@ -88,7 +102,8 @@ CREATE TABLE IF NOT EXISTS sms (
 );
 CREATE INDEX IF NOT EXISTS sms_device ON sms (device, id);
 CREATE TABLE IF NOT EXISTS faults (
-    device TEXT PRIMARY KEY, down INTEGER NOT NULL DEFAULT 0, slow_ack_s REAL NOT NULL DEFAULT 0
+    device TEXT PRIMARY KEY, down INTEGER NOT NULL DEFAULT 0, slow_ack_s REAL NOT NULL DEFAULT 0,
+    slow_connect_s REAL NOT NULL DEFAULT 0
 );
 """
 
@@ -131,6 +146,13 @@ def sim_identity(device: str, index: int, country: str) -> tuple[str, str, str]:
     return iccid, imsi, f"+{cc}{national}"
 
 
+def eid_of(device: str, port: int) -> str:
+    """A deterministic 32-digit EID for the eUICC of a simulated port (GSMA SGP.29 layout:
+    "89" + country + issuer + serial; the check digits are not modelled)."""
+    digest = int(hashlib.sha256(f"{device}/{port}".encode()).hexdigest()[:16], 16)
+    return f"8904903200{digest:022d}"[:32]
+
+
 def signal_for(iccid: str) -> int:
     return -51 - int(iccid[-4:]) % 50
 
@@ -153,6 +175,11 @@ class SimNetwork:
         self._db.execute("PRAGMA synchronous=FULL")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(faults)")}
+            if "slow_connect_s" not in columns:  # a network file from an older version
+                self._db.execute(
+                    "ALTER TABLE faults ADD COLUMN slow_connect_s REAL NOT NULL DEFAULT 0"
+                )
         self._ref = int.from_bytes(os.urandom(2), "big")
 
     def close(self) -> None:
@@ -168,8 +195,15 @@ class SimNetwork:
 
     # -- SIMs ------------------------------------------------------------------------------
 
-    def provision(self, device: str, count: int, country: str) -> list[sqlite3.Row]:
-        """Create the device's SIMs if absent (radio state of existing SIMs is kept)."""
+    def provision(
+        self, device: str, count: int, country: str, *, slots: int = 1, esim_ports: int = 0
+    ) -> list[sqlite3.Row]:
+        """Create the device's SIMs if absent (radio state of existing SIMs is kept).
+
+        With ``slots`` > 1 or ``esim_ports``, SIM ``i`` sits in port ``i // slots`` (0-based),
+        slot ``i % slots + 1``; slot 1 starts selected.  The last ``esim_ports`` ports hold
+        eSIM profiles on an eUICC."""
+        ports = -(-count // slots)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -180,25 +214,46 @@ class SimNetwork:
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         (iccid, device, i, imsi, number, country),
                     )
+                    if slots > 1 or esim_ports:
+                        port, slot = divmod(i, slots)
+                        esim = port >= ports - esim_ports
+                        self._db.execute(
+                            "INSERT OR IGNORE INTO banks (iccid, port, slot, selected, kind, eid)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            (
+                                iccid,
+                                port,
+                                slot + 1,
+                                int(slot == 0),
+                                "esim" if esim else "sim",
+                                eid_of(device, port) if esim else None,
+                            ),
+                        )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return self.sims(device)[:count]
+        return self.sims(device)
+
+    _SIMS = (
+        "SELECT sims.*, banks.port AS bank_port, banks.slot AS bank_slot,"
+        " coalesce(banks.selected, 1) AS selected, coalesce(banks.kind, 'sim') AS kind,"
+        " banks.eid AS eid FROM sims LEFT JOIN banks USING (iccid)"
+    )
 
     def sims(self, device: str | None = None) -> list[sqlite3.Row]:
         with self._lock:
             if device is None:
-                return self._db.execute("SELECT * FROM sims ORDER BY device, idx").fetchall()
+                return self._db.execute(self._SIMS + " ORDER BY device, idx").fetchall()
             return self._db.execute(
-                "SELECT * FROM sims WHERE device = ? ORDER BY idx", (device,)
+                self._SIMS + " WHERE device = ? ORDER BY idx", (device,)
             ).fetchall()
 
     def sim(self, key: str) -> sqlite3.Row:
         """A SIM by number or ICCID."""
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM sims WHERE number = ? OR iccid = ?", (key, key)
+                self._SIMS + " WHERE number = ? OR iccid = ?", (key, key)
             ).fetchone()
         if row is None:
             raise KeyError(f"no simulated SIM with number or ICCID {key!r}")
@@ -220,12 +275,104 @@ class SimNetwork:
         if set_forward:
             self._write("UPDATE sims SET forward_to = ? WHERE iccid = ?", (forward_to, iccid))
 
+    def select(self, iccid: str) -> list[str]:
+        """Make ``iccid`` the selected SIM of its bank port; returns the ICCIDs that changed."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT device, port FROM sims JOIN banks USING (iccid) WHERE iccid = ?",
+                    (iccid,),
+                ).fetchone()
+                if row is None:
+                    self._db.execute("COMMIT")
+                    return []  # a one-slot SIM is always selected
+                changed = [
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT iccid FROM sims JOIN banks USING (iccid)"
+                        " WHERE device = ? AND port = ? AND (selected = 1) != (iccid = ?)",
+                        (row["device"], row["port"], iccid),
+                    )
+                ]
+                self._db.execute(
+                    "UPDATE banks SET selected = (iccid = ?) WHERE iccid IN"
+                    " (SELECT iccid FROM sims JOIN banks USING (iccid)"
+                    "  WHERE device = ? AND port = ?)",
+                    (iccid, row["device"], row["port"]),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return changed
+
+    def add_profile(self, device: str, port: int, activation_code: str) -> sqlite3.Row:
+        """Download an eSIM profile onto the eUICC of ``port`` (standby, like a new profile)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                bank = self._db.execute(
+                    "SELECT eid, max(slot) AS last FROM sims JOIN banks USING (iccid)"
+                    " WHERE device = ? AND port = ? AND kind = 'esim'",
+                    (device, port),
+                ).fetchone()
+                country_row = self._db.execute(
+                    "SELECT country, max(idx) AS idx FROM sims WHERE device = ?", (device,)
+                ).fetchone()
+                if bank is None or bank["eid"] is None:
+                    raise ValueError(f"port {port} of {device} has no eUICC")
+                # A profile has its own identity: derived from the activation code, so the
+                # same download twice is the same profile (the box refuses a duplicate).
+                seed = int(hashlib.sha256(activation_code.encode()).hexdigest()[:6], 16)
+                idx = 100000 + seed % 800000
+                iccid, imsi, number = sim_identity(device, idx, country_row["country"])
+                if self._db.execute("SELECT 1 FROM sims WHERE iccid = ?", (iccid,)).fetchone():
+                    raise ValueError("this profile is already on the eUICC")
+                self._db.execute(
+                    "INSERT INTO sims (iccid, device, idx, imsi, number, country)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (iccid, device, idx, imsi, number, country_row["country"]),
+                )
+                self._db.execute(
+                    "INSERT INTO banks (iccid, port, slot, selected, kind, eid)"
+                    " VALUES (?, ?, ?, 0, 'esim', ?)",
+                    (iccid, port, (bank["last"] or 0) + 1, bank["eid"]),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.sim(iccid)
+
+    def delete_profile(self, iccid: str) -> None:
+        """Delete an eSIM profile and what the network held for it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM sms WHERE iccid = ?", (iccid,))
+                self._db.execute("DELETE FROM banks WHERE iccid = ?", (iccid,))
+                self._db.execute("DELETE FROM sims WHERE iccid = ?", (iccid,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     # -- faults ----------------------------------------------------------------------------
 
     def set_fault(
-        self, device: str, *, down: bool | None = None, slow_ack_s: float | None = None
+        self,
+        device: str,
+        *,
+        down: bool | None = None,
+        slow_ack_s: float | None = None,
+        slow_connect_s: float | None = None,
     ) -> None:
         self._write("INSERT OR IGNORE INTO faults (device) VALUES (?)", (device,))
+        if slow_connect_s is not None:
+            self._write(
+                "UPDATE faults SET slow_connect_s = ? WHERE device = ?", (slow_connect_s, device)
+            )
         if down is not None:
             self._write("UPDATE faults SET down = ? WHERE device = ?", (int(down), device))
         if slow_ack_s is not None:
@@ -237,6 +384,14 @@ class SimNetwork:
                 "SELECT down, slow_ack_s FROM faults WHERE device = ?", (device,)
             ).fetchone()
         return (False, 0.0) if row is None else (bool(row[0]), float(row[1]))
+
+    def connect_delay(self, device: str) -> float:
+        """Seconds a connect of ``device`` takes before its SIMs are known (0: at once)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT slow_connect_s FROM faults WHERE device = ?", (device,)
+            ).fetchone()
+        return 0.0 if row is None else float(row[0])
 
     # -- SMS -------------------------------------------------------------------------------
 
@@ -346,6 +501,10 @@ class SimulatedConfig(DriverConfig):
     network: Path | None = None
     #: How often the network file is polled for SMS from other processes.
     poll_ms: float = Field(5.0, gt=0, le=5000)
+    #: SIMs per port: more than 1 makes the device a SIM bank (one selected SIM per port).
+    slots: int = Field(1, ge=1, le=16)
+    #: The last ``esim_ports`` ports hold eSIM profiles on an eUICC instead of plastic SIMs.
+    esim_ports: int = Field(0, ge=0, le=512)
 
     @field_validator("country")
     @classmethod
@@ -353,6 +512,12 @@ class SimulatedConfig(DriverConfig):
         if v not in COUNTRIES:
             raise ValueError(f"country {v!r} is not simulated (have {', '.join(COUNTRIES)})")
         return v
+
+    @model_validator(mode="after")
+    def _bank(self) -> SimulatedConfig:
+        if self.esim_ports * self.slots > self.sims:
+            raise ValueError("esim_ports x slots is more than sims")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,13 +530,15 @@ class SimulatedDriver(Driver):
 
     config_model = SimulatedConfig
     config: SimulatedConfig
+    capabilities = frozenset(
+        {Capability.RADIO, Capability.FORWARDING, Capability.SELECT, Capability.ESIM}
+    )
 
     def __init__(self, config: SimulatedConfig, context: DriverContext) -> None:
         super().__init__(config, context)
         self._net: SimNetwork | None = None
         self._changes: asyncio.Queue[Event] = asyncio.Queue()
-        self._ports: dict[str, str] = {}  # port → iccid
-        self._port_by_iccid: dict[str, str] = {}
+        self._port_by_iccid: dict[str, str] = {}  # the SIMs of this device and their ports
         self._cursor = 0
         self._emitted: set[int] = set()
         self._rescan: set[str] = set()
@@ -384,8 +551,17 @@ class SimulatedDriver(Driver):
     def network_path(self) -> Path:
         return self.config.network or self.context.state_dir / "simnet.db"
 
-    def _port(self, idx: int) -> str:
-        return f"{self.name}/{idx}"
+    def _where(self, row: sqlite3.Row) -> tuple[str, str | None]:
+        """(port, slot) of a SIM: ``dev/<idx>`` for a one-slot SIM; on a bank, ports are
+        numbered from 1 as gateways do, and the slot is ``"<port>.<slot:02>"`` (PROTOCOL §3)."""
+        if row["bank_port"] is None:
+            return f"{self.name}/{row['idx']}", None
+        port = row["bank_port"] + 1
+        return f"{self.name}/{port}", f"{port}.{row['bank_slot']:02d}"
+
+    def _mine(self, rows: Sequence[sqlite3.Row]) -> list[sqlite3.Row]:
+        """The configured SIMs, plus profiles downloaded since (their idx is beyond)."""
+        return [r for r in rows if r["idx"] < self.config.sims or r["kind"] == "esim"]
 
     async def connect(self) -> None:
         try:
@@ -396,15 +572,24 @@ class SimulatedDriver(Driver):
             down, _ = net.faults(self.name)
             if down:
                 raise DriverError("simulated device is down (fault injected)")
+            delay = net.connect_delay(self.name)
+            if delay:
+                await asyncio.sleep(delay)  # as a modem pool still reading its SIM cards
             rows = await asyncio.to_thread(
-                net.provision, self.name, self.config.sims, self.config.country
+                functools.partial(
+                    net.provision,
+                    self.name,
+                    self.config.sims,
+                    self.config.country,
+                    slots=self.config.slots,
+                    esim_ports=self.config.esim_ports,
+                )
             )
         except BaseException:
             net.close()
             raise
         self._net = net
-        self._ports = {self._port(r["idx"]): r["iccid"] for r in rows}
-        self._port_by_iccid = {ic: port for port, ic in self._ports.items()}
+        self._port_by_iccid = {r["iccid"]: self._where(r)[0] for r in self._mine(rows)}
         self._cursor = 0
         self._emitted.clear()
         self._waker = _Waker(asyncio.get_running_loop())
@@ -427,17 +612,23 @@ class SimulatedDriver(Driver):
 
     def _info(self, row: sqlite3.Row) -> SimInfo:
         mcc, mnc, _cc, operator, _tz = COUNTRIES[row["country"]]
+        selected = bool(row["selected"])
         on = bool(row["radio_on"])
+        port, slot = self._where(row)
         return SimInfo(
-            port=self._port(row["idx"]),
+            port=port,
+            slot=slot,
+            selected=selected,
+            kind=SimKind(row["kind"]),
+            eid=row["eid"],
             iccid=row["iccid"],
             imsi=row["imsi"],
             number=row["number"],
             number_source="gateway",
             operator=operator,
             mcc_mnc=mcc + mnc,
-            signal_dbm=signal_for(row["iccid"]) if on else None,
-            registered=on,
+            signal_dbm=signal_for(row["iccid"]) if on and selected else None,
+            registered=on and selected,
             radio_on=on,
             forward_to=row["forward_to"],
         )
@@ -449,8 +640,9 @@ class SimulatedDriver(Driver):
 
     async def events(self) -> AsyncIterator[Event]:
         net = self._require()
-        yield DeviceUp(f"{len(self._ports)} simulated SIMs")
-        for row in net.sims(self.name)[: self.config.sims]:
+        rows = self._mine(await asyncio.to_thread(net.sims, self.name))
+        yield DeviceUp(f"{len(rows)} simulated SIMs")
+        for row in rows:
             yield SimPresent(self._info(row))
         poll = self.config.poll_ms / 1000
         last_fault_check = 0.0
@@ -477,7 +669,8 @@ class SimulatedDriver(Driver):
         rescan, self._rescan = self._rescan, set()
         with net._lock:
             rows = net._db.execute(
-                "SELECT sms.*, sims.radio_on FROM sms JOIN sims USING (iccid)"
+                "SELECT sms.*, sims.radio_on AND coalesce(banks.selected, 1) AS radio_on"
+                " FROM sms JOIN sims USING (iccid) LEFT JOIN banks USING (iccid)"
                 " WHERE sms.device = ? AND sms.id > ? ORDER BY sms.id LIMIT 2000",
                 (self.name, self._cursor),
             ).fetchall()
@@ -555,11 +748,10 @@ class SimulatedDriver(Driver):
                 return  # closed under us: the rows are read again after the reconnect
             self._emitted.difference_update(rows)
 
-    def _iccid(self, port: str) -> str:
-        try:
-            return self._ports[port]
-        except KeyError:
-            raise CommandError(f"no SIM in port {port}") from None
+    def _iccid(self, sim: SimInfo) -> str:
+        if sim.iccid not in self._port_by_iccid:
+            raise CommandError(f"no SIM {sim.iccid} in {sim.port}")
+        return sim.iccid
 
     async def _changed(self, iccid: str) -> None:
         net = self._require()
@@ -569,13 +761,45 @@ class SimulatedDriver(Driver):
             self._waker.event.set()
 
     async def set_radio(self, sim: SimInfo, on: bool) -> None:
-        iccid = self._iccid(sim.port)
+        iccid = self._iccid(sim)
         await asyncio.to_thread(self._require().set_sim, iccid, radio_on=on)
         if on:
             self._rescan.add(iccid)  # deliver what the network held while the radio was off
         await self._changed(iccid)
 
     async def set_forwarding(self, sim: SimInfo, to: str | None) -> None:
-        iccid = self._iccid(sim.port)
+        iccid = self._iccid(sim)
         await asyncio.to_thread(self._require().set_sim, iccid, forward_to=to, set_forward=True)
         await self._changed(iccid)
+
+    async def select(self, sim: SimInfo) -> None:
+        iccid = self._iccid(sim)
+        for changed in await asyncio.to_thread(self._require().select, iccid):
+            if changed == iccid:
+                self._rescan.add(iccid)  # what the network held while it was standby
+            await self._changed(changed)
+
+    async def esim_download(
+        self, port: str, activation_code: str, confirmation_code: str | None
+    ) -> str:
+        prefix = f"{self.name}/"
+        number = port[len(prefix) :] if port.startswith(prefix) else ""
+        if not number.isdigit():
+            raise CommandError(f"no port {port!r} on {self.name}")
+        try:
+            row = await asyncio.to_thread(
+                self._require().add_profile, self.name, int(number) - 1, activation_code
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self._port_by_iccid[row["iccid"]] = self._where(row)[0]
+        await self._changed(row["iccid"])
+        return str(row["iccid"])
+
+    async def esim_delete(self, sim: SimInfo) -> None:
+        iccid = self._iccid(sim)
+        await asyncio.to_thread(self._require().delete_profile, iccid)
+        port = self._port_by_iccid.pop(iccid)
+        self._changes.put_nowait(SimGone(port, iccid))
+        if self._waker is not None:
+            self._waker.event.set()

@@ -105,11 +105,14 @@ async def send(request: Request) -> Response:
         return _bad("body is not JSON")
     if not isinstance(spec, dict):
         return _bad("body must be an object")
-    kind, sim_id, to = spec.get("type"), spec.get("sim_id"), spec.get("to")
-    if not isinstance(kind, str) or not isinstance(sim_id, str) or not isinstance(to, str | None):
-        return _bad("type and sim_id must be strings, to a string or null")
+    kind, sim_id, to = spec.pop("type", None), spec.pop("sim_id", None), spec.pop("to", None)
+    agent_id = spec.pop("agent_id", None)
+    if not isinstance(kind, str) or not isinstance(sim_id, str | None):
+        return _bad("type must be a string, sim_id a string or null")
+    if not all(isinstance(v, str | None) for v in (to, agent_id, *spec.values())):
+        return _bad("to, agent_id and the command's parameters must be strings or null")
     try:
-        command_id = hub.enqueue_command(kind, sim_id, to)
+        command_id = hub.enqueue_command(kind, sim_id, to, agent_id=agent_id, **spec)
     except ValueError as exc:
         return _bad(str(exc))
     return json_response({"id": command_id})

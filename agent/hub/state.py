@@ -31,14 +31,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from agent.hub.faults import Fault, FaultBook, parse_fault
 from agent.hub.rentals import Rentals
 from agent.hub.validate import check_message, is_message_id
 
-COMMAND_TYPES: Final = frozenset({"enable", "disable", "forward", "unforward"})
+COMMAND_TYPES: Final = frozenset(
+    {"enable", "disable", "forward", "unforward", "ussd", "esim_download", "esim_delete"}
+)
+#: The fields each v1.1 command carries besides ``id``/``type``/``sim_id`` (PROTOCOL.md §5).
+COMMAND_PARAMS: Final = {
+    "ussd": ({"code"}, set()),
+    "esim_download": ({"device", "activation_code"}, {"port", "confirmation_code"}),
+}
 _REQUEST_LOG_MAX: Final = 100_000
 
 
@@ -48,18 +55,22 @@ class Command:
 
     id: str
     type: str
-    sim_id: str
+    sim_id: str | None  # None for esim_download, which names an agent's device instead
     to: str | None
     created: float  # time.time()
     delivered: float | None = None  # time.monotonic() of the last delivery
     deliveries: int = 0
-    agent_id: str | None = None  # the agent it was last delivered to
+    agent_id: str | None = None  # the agent it was last delivered to (or is meant for)
+    params: dict[str, str] = field(default_factory=dict)  # code, device, activation_code, …
 
     def wire(self) -> dict[str, Any]:
         """The command as PROTOCOL.md §5 lists it."""
-        out: dict[str, Any] = {"id": self.id, "type": self.type, "sim_id": self.sim_id}
+        out: dict[str, Any] = {"id": self.id, "type": self.type}
+        if self.sim_id is not None:
+            out["sim_id"] = self.sim_id
         if self.to is not None:
             out["to"] = self.to
+        out.update(self.params)
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -247,12 +258,31 @@ class HubState:
 
     # ---- §5 commands --------------------------------------------------------------------
 
-    def enqueue_command(self, type: str, sim_id: str, to: str | None = None) -> str:
-        """Queue a command for the agent that registered ``sim_id``; wakes its long-poll."""
+    def enqueue_command(
+        self,
+        type: str,
+        sim_id: str | None,
+        to: str | None = None,
+        *,
+        agent_id: str | None = None,
+        **params: str,
+    ) -> str:
+        """Queue a command for the agent that registered ``sim_id`` (``esim_download``: for
+        ``agent_id``, with ``device``, ``activation_code`` …); wakes its long-poll."""
         if type not in COMMAND_TYPES:
             raise ValueError(f"unknown command type {type!r}")
         if (type == "forward") != (to is not None):
             raise ValueError("forward needs `to`, and only forward takes it")
+        required, optional = COMMAND_PARAMS.get(type, (set(), set()))
+        if missing := required - params.keys():
+            raise ValueError(f"{type} needs {', '.join(sorted(missing))}")
+        if extra := params.keys() - required - optional:
+            raise ValueError(f"{type} does not take {', '.join(sorted(extra))}")
+        if type == "esim_download":
+            if agent_id is None or sim_id is not None:
+                raise ValueError("esim_download names an agent_id and a device, not a sim_id")
+        elif sim_id is None:
+            raise ValueError(f"{type} needs a sim_id")
         with self.lock:
             self._command_counter += 1
             command = Command(
@@ -261,6 +291,8 @@ class HubState:
                 sim_id=sim_id,
                 to=to,
                 created=time.time(),
+                agent_id=agent_id,
+                params={k: v for k, v in params.items() if v is not None},
             )
             self.commands[command.id] = command
             self._open[command.id] = command
@@ -273,9 +305,13 @@ class HubState:
         out: list[dict[str, Any]] = []
         with self.lock:
             for command in self._open.values():
-                sim = self.sims.get(command.sim_id)
-                if sim is None or sim["agent_id"] != agent_id:
-                    continue
+                if command.sim_id is None:
+                    if command.agent_id != agent_id:
+                        continue
+                else:
+                    sim = self.sims.get(command.sim_id)
+                    if sim is None or sim["agent_id"] != agent_id:
+                        continue
                 if command.delivered is not None and now - command.delivered < redeliver_after_s:
                     continue
                 command.delivered = now

@@ -7,7 +7,7 @@ to the agent (400 body, or a ``rejected`` entry) and ends up in its dead-letter 
 
 What is required, where PROTOCOL.md shows an example rather than a schema:
 
-* a SIM (§3): ``sim_id`` (non-empty string), ``state`` (one of the four states), ``number``
+* a SIM (§3): ``sim_id`` (non-empty string), ``state`` (one of the five states), ``number``
   (E.164 string or null) and ``country`` (two capital letters or null) must be present; every
   other field of the example is optional but must have the example's type when present;
 * a message (§4): ``id`` (32 lowercase hex), ``sim_id``, ``from``, ``text``, ``received_at``,
@@ -25,7 +25,8 @@ import re
 from datetime import datetime
 from typing import Any, Final, TypeGuard
 
-SIM_STATES: Final = frozenset({"online", "offline", "disabled", "error"})
+SIM_STATES: Final = frozenset({"online", "offline", "standby", "disabled", "error"})
+SIM_KINDS: Final = frozenset({"sim", "esim"})
 NUMBER_SOURCES: Final = frozenset({"config", "cnum", "phonebook", "ussd", "gateway"})
 
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
@@ -41,6 +42,8 @@ _SIM_OPTIONAL_STR: Final = (
     "device",
     "port",
     "forward_to",
+    "eid",
+    "slot",
 )
 
 
@@ -79,7 +82,7 @@ def check_sim(sim: object) -> str | None:
         return "sim_id must be a non-empty string"
     where = f"sim {sim_id}: "
     if sim.get("state") not in SIM_STATES:
-        return where + "state must be one of online, offline, disabled, error"
+        return where + "state must be one of online, offline, standby, disabled, error"
     if "number" not in sim:
         return where + "number is required (null while unknown)"
     number = sim["number"]
@@ -103,6 +106,28 @@ def check_sim(sim: object) -> str | None:
     last = sim.get("last_sms_at")
     if last is not None and not is_rfc3339(last):
         return where + "last_sms_at must be an RFC 3339 timestamp with offset or null"
+    kind = sim.get("kind")
+    if kind is not None and kind not in SIM_KINDS:
+        return where + "kind must be sim, esim or null"
+    selected = sim.get("selected")
+    if selected is not None and not isinstance(selected, bool):
+        return where + "selected must be a boolean or null"
+    return _check_balance(where, sim.get("balance"))
+
+
+def _check_balance(where: str, balance: object) -> str | None:
+    if balance is None:
+        return None
+    if not isinstance(balance, dict):
+        return where + "balance must be an object or null"
+    amount = balance.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        return where + "balance.amount must be a number"
+    currency = balance.get("currency")
+    if currency is not None and not isinstance(currency, str):
+        return where + "balance.currency must be a string or null"
+    if not is_rfc3339(balance.get("checked_at")):
+        return where + "balance.checked_at must be an RFC 3339 timestamp with offset"
     return None
 
 
@@ -176,9 +201,10 @@ def parse_result(body: object) -> dict[str, Any]:
     state = body.get("state")
     if state is not None and not isinstance(state, str):
         raise BodyError("state must be a string or null")
-    error = body.get("error")
-    if error is not None and not isinstance(error, str):
-        raise BodyError("error must be a string or null")
+    for name in ("error", "reply", "sim_id"):  # reply: ussd; sim_id: esim_download (v1.1)
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BodyError(f"{name} must be a string or null")
     if not is_rfc3339(body.get("finished_at")):
         raise BodyError("finished_at must be an RFC 3339 timestamp with offset")
     return body

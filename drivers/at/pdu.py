@@ -16,7 +16,11 @@ Decisions where the standards leave room (each also noted where it is implemente
 * Compressed user data (TS 23.038 clause 4 bit 5; TS 23.042) is returned as ``BINARY``: the
   TP-UDL then counts octets (TS 23.040 9.2.3.16), so the part is still well delimited and its
   concatenation header is still honoured; the platform gets the compressed bytes and the DCS.
-* Octets after the end of the user data announced by TP-UDL are an error, not ignored.
+* TP-UDL governs (TS 23.040 9.2.3.16): when the TP-UD carries more than TP-UDL announces (a
+  real network sent 53 septets declared, 88 carried), the announced length is decoded and the
+  extra octets are kept undecoded in ``Deliver.trailing`` (they are in ``tpdu`` too), with
+  ``Deliver.malformed`` saying what was wrong, so the message is flagged rather than lost to
+  hex.  Fewer octets than announced, or a TP-UD over 140 octets, stay errors.
 * Semi-octet 0xF inside an address is a filler and skipped wherever it appears.
 * The two-digit SCTS year is 2000 + YY.
 """
@@ -74,6 +78,10 @@ class Deliver:
     concat: Concat | None
     flash: bool  # message class 0
     tpdu: bytes  # everything after the SMSC field
+    #: Octets of TP-UD after the user data TP-UDL announces: kept, not decoded.
+    trailing: bytes = b""
+    #: What was wrong with a PDU decoded anyway (None for a well-formed one).
+    malformed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,9 +458,21 @@ def _deliver(r: _Reader, first: int, smsc: str | None, tpdu: bytes) -> Deliver:
     if udl > limit:
         raise PduError(f"TP-UDL {udl} at octet {udl_at} exceeds {limit}")
     need = (udl * 7 + 7) // 8 if septets else udl
-    if len(ud) != need:
+    if len(ud) < need:
         raise PduError(
             f"TP-UDL {udl} at octet {udl_at} needs {need} octet(s) of TP-UD, got {len(ud)}"
+        )
+    trailing, malformed = b"", None
+    if len(ud) > need:
+        # TP-UDL governs (9.2.3.16); what follows is kept, not decoded.  Over 140 octets the
+        # PDU cannot be an SMS at all (9.2.3.24), so it is not guessed at.
+        if len(ud) > 140:
+            raise PduError(f"TP-UD at octet {ud_at} is {len(ud)} octets, more than 140")
+        ud, trailing = ud[:need], ud[need:]
+        unit = "septets" if septets else "octets"
+        malformed = (
+            f"TP-UD carries {len(trailing)} octet(s) more than TP-UDL {udl} ({unit}) "
+            "announces; decoded as announced"
         )
 
     udh = _Udh(None, 0, 0)
@@ -493,6 +513,8 @@ def _deliver(r: _Reader, first: int, smsc: str | None, tpdu: bytes) -> Deliver:
         concat=udh.concat,
         flash=coding.flash,
         tpdu=tpdu,
+        trailing=trailing,
+        malformed=malformed,
     )
 
 

@@ -329,6 +329,8 @@ class PortSupervisor(Actions, Recovery):
             return None
         if decoded.error is not None:
             log.warning("at.pdu_undecodable", port=self.name, error=decoded.error)
+        elif decoded.part.malformed is not None:
+            log.warning("at.pdu_malformed", port=self.name, error=decoded.part.malformed)
         if token is not None:
             self._emitted[(token.location, token.digest)] = time.monotonic()
         self._emit(decoded.part)

@@ -2,7 +2,8 @@
 deletes exactly that message later.
 
 Owns: the mapping of :class:`~drivers.at.pdu.Deliver` fields to ``SmsPart``, the rule that a PDU
-we cannot decode is still forwarded (``UNDECODABLE``, raw bytes kept), and the token format.
+we cannot decode is still forwarded (``UNDECODABLE``, raw bytes kept) and that one decoded
+despite a defect carries it (``SmsPart.malformed``), and the token format.
 Pure functions; no I/O.
 """
 
@@ -80,5 +81,6 @@ def decode(port: str, iccid: str, pdu_hex: str, token: AckToken | None) -> Decod
         data=msg.data,
         concat=msg.concat,
         flash=msg.flash,
+        malformed=msg.malformed,
     )
     return Decoded(part, None)

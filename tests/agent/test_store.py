@@ -215,3 +215,70 @@ def test_desired_state_survives_reopen(tmp_path: Path) -> None:
 def test_wal_and_full_sync(store: Store) -> None:
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_driver_state_is_durable_per_device(tmp_path: Path) -> None:
+    """DriverContext.state's table: per device, overwritten in place, kept across a reopen."""
+    path = tmp_path / "agent.db"
+    store = Store(path)
+    assert store.driver_state_get("gw1", "cursor") is None
+    store.driver_state_set("gw1", "cursor", "17")
+    store.driver_state_set("gw1", "cursor", "18")
+    store.driver_state_set("gw2", "cursor", "3")
+    store.close()
+    store = Store(path)
+    assert store.driver_state_get("gw1", "cursor") == "18"
+    assert store.driver_state_get("gw2", "cursor") == "3"
+    assert store.driver_state_get("gw1", "boot") is None
+    store.close()
+
+
+def test_malformed_parts_are_flagged_with_their_raw_bytes(store: Store) -> None:
+    """A part the driver decoded despite a defect (SmsPart.malformed) reaches the hub as text
+    with a ``malformed`` reason and the raw bytes of every part; others carry neither."""
+    from dataclasses import replace
+
+    store.ingest([part("plain")], now=T0, reassembly_timeout_s=60)
+    one = replace(part("Movistar: hola"), malformed="TP-UD carries 30 octet(s) more")
+    store.ingest([one], now=T0, reassembly_timeout_s=60)
+    first = part("abc", ref=5, no=1, total=2)
+    second = replace(part("def", ref=5, no=2, total=2), malformed="too long")
+    store.ingest([second], now=T0, reassembly_timeout_s=60)
+    store.ingest([first], now=T0, reassembly_timeout_s=60)
+    plain, single, multi = bodies(store)
+    assert "malformed" not in plain and "raw" not in plain
+    assert single["text"] == "Movistar: hola" and single["complete"] is True
+    assert single["malformed"] == "TP-UD carries 30 octet(s) more"
+    assert single["raw"] == [one.raw.hex().upper()]
+    assert multi["text"] == "abcdef" and multi["complete"] is True
+    assert multi["malformed"] == "part 2: too long"
+    assert multi["raw"] == [first.raw.hex().upper(), second.raw.hex().upper()]
+
+
+def test_database_of_the_previous_schema_gains_the_malformed_column(tmp_path: Path) -> None:
+    """A database of the previous schema keeps its waiting parts and gets the new column."""
+    from agent.store import MIGRATIONS
+
+    path = tmp_path / "agent.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:-1]:
+        db.executescript(script)
+    db.execute(
+        "INSERT INTO parts (part_id, iccid, sender, ref_bits, ref, part_no, total, encoding,"
+        " text, data, raw, sent_at, flash, received_at) VALUES ('p1', ?, 'VKcom', 8, 5, 1, 2,"
+        " 'gsm7', 'abc', x'', x'01', NULL, 0, ?)",
+        (ICCID, T0),
+    )
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        store.ingest([part("def", ref=5, no=2, total=2)], now=T0, reassembly_timeout_s=60)
+        [body] = bodies(store)
+    finally:
+        store.close()
+    assert body["text"] == "abcdef" and "malformed" not in body
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    db.close()

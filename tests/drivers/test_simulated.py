@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -130,4 +131,39 @@ def test_bad_order_is_refused(tmp_path: Path) -> None:
         net.send(net.sims()[0]["number"], "x" * 400, order=[1, 1, 2])
     with pytest.raises(KeyError):
         net.send("+10000000000", "x")
+    net.close()
+
+
+async def test_fault_slow_connect_delays_the_sims(tmp_path: Path) -> None:
+    net = SimNetwork(tmp_path / "simnet.db")
+    net.set_fault("bank", slow_connect_s=0.5)
+    d = driver(tmp_path)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await d.connect()
+    assert loop.time() - started >= 0.5
+    net.set_fault("bank", slow_connect_s=0)
+    started = loop.time()
+    await d.close()
+    await d.connect()
+    assert loop.time() - started < 0.5
+    await d.close()
+    net.close()
+
+
+def test_network_file_without_the_slow_connect_column_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE faults (device TEXT PRIMARY KEY, down INTEGER NOT NULL DEFAULT 0,"
+        " slow_ack_s REAL NOT NULL DEFAULT 0)"
+    )
+    db.execute("INSERT INTO faults (device, down) VALUES ('bank', 1)")
+    db.commit()
+    db.close()
+    net = SimNetwork(path)
+    assert net.faults("bank") == (True, 0.0)
+    assert net.connect_delay("bank") == 0.0
+    net.set_fault("bank", slow_connect_s=2)
+    assert net.connect_delay("bank") == 2.0
     net.close()

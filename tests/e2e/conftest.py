@@ -602,7 +602,7 @@ def long_text(label: str, length: int = 400) -> str:
 class Traffic:
     """Sends ``count`` numbered SMS at ``rate`` per second from a thread, round-robin over
     ``numbers``; every ``multipart_every``-th one is a 3-part message with its parts in a
-    random order.  ``sent`` lists the texts sent so far."""
+    random order.  ``sent`` lists the texts sent so far, ``sent_at`` their ``time.time()``."""
 
     def __init__(
         self,
@@ -620,6 +620,7 @@ class Traffic:
         self.multipart_every = multipart_every
         self.rng = random.Random(seed)
         self.sent: list[str] = []
+        self.sent_at: dict[str, float] = {}
         self.multipart: set[str] = set()
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -643,6 +644,7 @@ class Traffic:
                     return
                 text = self.text(i)
                 to = self.numbers[i % len(self.numbers)]
+                self.sent_at[text] = time.time()
                 if len(text) > 160:
                     order = [1, 2, 3]
                     self.rng.shuffle(order)

@@ -251,7 +251,8 @@ def test_malformed_hub_answers_lose_nothing(make_hub: Any, make_agent: Any) -> N
 
 def test_bad_commands_answer_ok_false(make_hub: Any, make_agent: Any) -> None:
     """Commands of an unknown type, for an unknown SIM, without a SIM, ``forward`` without
-    ``to`` or with a ``to`` that is not E.164, an integer id: each gets a result
+    ``to`` or with a ``to`` that is not E.164, an integer id, an id with a newline and a space:
+    each gets a result
     ``{"ok": false, "error": "<reason>"}``; entries that are not objects or have no id are
     skipped.  Nothing touches the SIMs, the process keeps running, and a valid command and SMS
     right after are handled normally."""
@@ -269,6 +270,8 @@ def test_bad_commands_answer_ok_false(make_hub: Any, make_agent: Any) -> None:
         "no-to": {"id": "no-to", "type": "forward", "sim_id": s0},
         "bad-to": {"id": "bad-to", "type": "forward", "sim_id": s0, "to": "12345"},
         "77": {"id": 77, "type": None, "sim_id": s0},
+        # An id that cannot stand in a URL as it is: its result must still be reported.
+        "line\nbreak id": {"id": "line\nbreak id", "type": "reboot", "sim_id": s0},
     }
     front.inject("not an object", 42, None, {"type": "disable", "sim_id": s0}, *bad.values())
     wait_until(lambda: set(front.results) == set(bad), 15, "a result for every bad command")

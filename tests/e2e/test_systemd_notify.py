@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ class NotifySocket:
                 continue
             for line in data.decode().splitlines():
                 self.messages.append((time.monotonic(), line))
+
+    def drain_until(self, done: Callable[[], bool], seconds: float, what: str) -> None:
+        """Read until ``done()`` holds (a condition, not a fixed pause); fail after ``seconds``."""
+        end = time.monotonic() + seconds
+        while not done():
+            assert time.monotonic() < end, f"timed out waiting for {what}: {self.messages[-5:]}"
+            self.drain(0.1)
 
     def lines(self, prefix: str) -> list[tuple[float, str]]:
         return [(t, m) for t, m in self.messages if m.startswith(prefix)]
@@ -87,19 +95,23 @@ def test_watchdog_pings_stop_when_the_sender_is_wedged(
     try:
         agent: Agent = make_agent(hub)
         agent.start(wait=False, env={**env_for(sock), "VSIM_DEBUG_WEDGE": "sender"})
-        sock.drain(1.5)
-        assert sock.lines("READY=1"), sock.messages
-        early = len(sock.lines("WATCHDOG=1"))
-        assert early >= 1, "the first ping goes out while every loop is still fresh"
+        sock.drain_until(lambda: bool(sock.lines("READY=1")), 15, "READY=1")
         # The sender never beats: once its heartbeat is older than the watchdog interval
-        # (2 s) the pings stop for good, and the agent says which loop is stuck.
-        sock.drain(3.0)
+        # (2 s) the pings stop for good, and the agent says which loop is stuck.  (That pings
+        # flow while every loop beats is the test above.)
+        wait_until(lambda: agent.events("watchdog.loop_stuck"), 10, "the stuck loop logged")
+        assert agent.events("watchdog.loop_stuck")[0]["probe"] == "sender"
+        sock.drain(0.2)  # what was already in flight when the agent logged it
         cutoff = time.monotonic()
-        sock.drain(3.0)
+        # A barrier instead of a pause: two STATUS= lines after the cutoff (sent every 5 s by
+        # the same notifier) prove the agent kept talking to systemd meanwhile.
+        sock.drain_until(
+            lambda: len([t for t, _m in sock.lines("STATUS=") if t > cutoff]) >= 2,
+            15,
+            "two STATUS= lines after the stuck loop",
+        )
         late = [t for t, _m in sock.lines("WATCHDOG=1") if t > cutoff]
         assert late == [], f"pings went on while the sender was wedged: {len(late)}"
-        wait_until(lambda: agent.events("watchdog.loop_stuck"), 5, "the stuck loop logged")
-        assert agent.events("watchdog.loop_stuck")[0]["probe"] == "sender"
         assert agent.alive, "the agent itself stays up: systemd decides to restart it"
     finally:
         sock.close()

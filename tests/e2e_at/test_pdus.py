@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import HubThread, wait_until
-from tests.e2e_at.conftest import Farm, Line, message_id, records, wait_online
-from tests.support.pdu_encoder import encode_deliver, split_message
+from tests.e2e_at.conftest import Farm, Line, message_id, records, tpdu, wait_online
+from tests.support.pdu_encoder import encode_deliver, split_message, with_udl
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -342,3 +342,53 @@ def test_two_parts_in_reverse_order_delivered_once_complete(
     assert body["parts"] == 2 and body["complete"] is True
     assert body["sent_at"] == "2026-11-26T15:01:09+03:00"
     assert got[msg_id]["count"] == 1
+
+
+def test_user_data_longer_than_udl_reaches_the_hub_decoded_and_flagged(
+    hub: HubThread, farm: Farm, make_agent: Any
+) -> None:
+    """A network that sends more user data than TP-UDL announces (Gammu's Spanish operator
+    vector: 53 septets declared, 88 carried), and the UCS2 and 8-bit analogues: each reaches
+    the hub once as the text TP-UDL announces (not as hex, no ``undecodable`` marker), flagged
+    ``malformed`` with every TPDU byte in ``raw``, under the §4 id of the whole TPDU."""
+    line = farm.add("ec25", "pty")
+    agent = make_agent()
+    agent.start()
+    wait_online(hub, [line.iccid])
+
+    t = datetime(2011, 3, 4, 12, 0, tzinfo=timezone(timedelta(hours=1)))
+    spanish = (
+        "Movistar: Su recarga de 10 EUR se ha realizado. Saldo actual: 15,20 EUR. Gracias, adios."
+    )
+    assert len(spanish) == 88
+    ucs2 = "Ваш код подтверждения: 4711. Никому его не сообщайте."
+    cases = {
+        "gsm7": (with_udl(encode_deliver("Movistar", spanish, sent_at=t), 53), spanish[:53]),
+        "ucs2": (with_udl(encode_deliver("Bank", ucs2, sent_at=t, encoding="ucs2"), 40), ucs2[:20]),
+        "8bit": (
+            with_udl(
+                encode_deliver("+34600000000", sent_at=t, encoding="8bit", data=bytes(range(30))),
+                12,
+            ),
+            bytes(range(12)).hex().upper(),
+        ),
+    }
+    ids = {}
+    for kind, (pdu, _text) in cases.items():
+        assert line.modem.deliver_pdu(pdu) is not None
+        ids[kind] = message_id(line.iccid, [pdu])
+    wait_until(lambda: set(ids.values()) <= set(records(hub)), 15, "the three messages")
+    got = records(hub)
+    for kind, (pdu, text) in cases.items():
+        rec = got[ids[kind]]
+        body = rec["body"]
+        assert rec["count"] == 1, kind
+        assert body["text"] == text, kind
+        assert body["complete"] is True, kind
+        assert body.get("encoding") == ("8bit" if kind == "8bit" else None), kind
+        assert "more than TP-UDL" in body["malformed"], kind
+        assert body["raw"] == [tpdu(pdu).hex().upper()], kind
+        assert body["sent_at"] == "2011-03-04T12:00:00+01:00", kind
+    assert len(got) == 3
+    wait_until(line.empty, 10, "the SIM emptied", detail=farm.storage)
+    assert any(e.get("event") == "at.pdu_malformed" for e in agent.events())

@@ -313,3 +313,18 @@ def encode_status_report(
         + bytes([status])
     )
     return (_smsc(smsc) + tpdu).hex().upper()
+
+
+def user_data_offset(pdu: bytes) -> int:
+    """Offset of TP-UD in an SMS-DELIVER with its SMSC field (TP-UDL is the octet before)."""
+    oa = 1 + pdu[0] + 1  # SMSC length octet and field, TP-MTI etc.
+    return oa + 2 + (pdu[oa] + 1) // 2 + 2 + 7 + 1  # TP-OA, PID, DCS, SCTS, UDL
+
+
+def with_udl(pdu: str, udl: int) -> str:
+    """``pdu`` (hex, SMSC field included) with TP-UDL replaced by ``udl`` and the user data
+    left as it is: what a network that miscounts its user data sends (e.g. 53 septets
+    declared, 88 carried)."""
+    raw = bytearray.fromhex(pdu)
+    raw[user_data_offset(bytes(raw)) - 1] = udl
+    return raw.hex().upper()

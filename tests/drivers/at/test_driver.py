@@ -456,7 +456,7 @@ async def test_undecodable_pdu_is_forwarded_raw_never_lost(
 ) -> None:
     modem = EmulatedModem("ec25")
     good = sms("x")
-    broken = good[:-2] + "FFFF"  # user data longer than TP-UDL says: PduError
+    broken = good[:-2]  # user data shorter than TP-UDL says: PduError
     index = modem.deliver_pdu(broken)
     h = await harness([server.start_pty(modem)])
     part = await h.part()

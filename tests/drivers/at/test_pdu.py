@@ -27,7 +27,13 @@ from drivers.at.pdu import (
 )
 from drivers.base import Concat, Encoding
 from tests.support import pdu_encoder
-from tests.support.pdu_encoder import encode_deliver, encode_status_report, pack_septets
+from tests.support.pdu_encoder import (
+    encode_deliver,
+    encode_status_report,
+    pack_septets,
+    user_data_offset,
+    with_udl,
+)
 
 
 def tz(hours: float) -> timezone:
@@ -344,13 +350,26 @@ def test_vector_fields_in_detail():
 
 
 @pytest.mark.parametrize("vector", [v[1] for v in VECTORS], ids=[v[0] for v in VECTORS])
-def test_every_truncation_and_extension_of_a_vector_is_a_pdu_error(vector):
+def test_every_truncation_of_a_vector_is_a_pdu_error_an_extension_is_flagged(vector):
     raw = bytes.fromhex(vector)
     for cut in range(len(raw)):
         with pytest.raises(PduError):
             parse_pdu(raw[:cut])
-    with pytest.raises(PduError, match="TP-UDL"):
-        parse_pdu(raw + b"\x00")
+    # An octet more than TP-UDL announces (TS 23.040 9.2.3.16: the length governs): the same
+    # message, flagged, the extra octet kept.
+    msg = parse_pdu(raw)
+    assert isinstance(msg, Deliver)
+    if len(raw) - user_data_offset(raw) == 140:  # a full TP-UD: no SMS is longer
+        with pytest.raises(PduError, match="more than 140"):
+            parse_pdu(raw + b"\x00")
+        return
+    longer = parse_pdu(raw + b"\x00")
+    assert isinstance(longer, Deliver)
+    assert msg.malformed is None and msg.trailing == b""
+    assert longer.malformed is not None and "1 octet(s) more than TP-UDL" in longer.malformed
+    assert longer.trailing == b"\x00"
+    assert longer.tpdu == msg.tpdu + b"\x00"
+    assert replace(longer, tpdu=msg.tpdu, trailing=b"", malformed=None) == msg
 
 
 def test_input_forms():
@@ -819,3 +838,93 @@ def test_national_language_ies_in_a_pdu():
     # National IEs mean nothing for UCS2.
     pdu = encode_deliver("+1", "ı", sent_at=when, encoding="ucs2", extra_ies=[(0x25, b"\x01")])
     assert parse_pdu(pdu).data == "ı".encode("utf-16-be")
+
+
+# ---------------------------------------------------------------------------------------------
+# User data longer than TP-UDL announces (issue #12 item 12).  A Spanish operator's SMS in
+# Gammu's test suite declares 53 septets and carries 88; TS 23.040 9.2.3.16 makes the length
+# govern.  These vectors are built the same way: encode the whole text, then lower TP-UDL.
+
+SPANISH = "Movistar: Su recarga de 10 EUR se ha realizado. Saldo actual: 15,20 EUR. Gracias, adios."
+
+
+def test_gsm7_user_data_longer_than_udl_decodes_the_declared_septets():
+    assert len(SPANISH) == 88
+    full = encode_deliver("Movistar", SPANISH, sent_at=datetime(2011, 3, 4, 12, 0, tzinfo=P2))
+    raw = bytes.fromhex(full)
+    ud = raw[user_data_offset(raw) :]
+    assert len(ud) == 77  # 88 septets
+    msg = parse_pdu(with_udl(full, 53))
+    assert isinstance(msg, Deliver)
+    assert msg.encoding is Encoding.GSM7
+    assert msg.text == SPANISH[:53]
+    assert msg.sender == "Movistar"
+    assert msg.trailing == ud[47:]  # 53 septets take 47 octets; the other 30 are kept
+    assert msg.malformed is not None
+    assert "30 octet(s) more than TP-UDL 53 (septets)" in msg.malformed
+    assert msg.tpdu == bytes.fromhex(with_udl(full, 53))[1 + raw[0] :]  # every byte kept
+    # The undamaged PDU is not flagged.
+    intact = parse_pdu(full)
+    assert isinstance(intact, Deliver) and intact.malformed is None and intact.text == SPANISH
+
+
+def test_gsm7_with_udh_longer_than_udl_keeps_the_concatenation():
+    full = encode_deliver(
+        "+34600000000", SPANISH, sent_at=datetime(2011, 3, 4, tzinfo=P2), concat=(9, 1, 2, 8)
+    )
+    # UDH 6 octets = 7 septets, then 53 text septets.
+    msg = parse_pdu(with_udl(full, 7 + 53))
+    assert isinstance(msg, Deliver)
+    assert msg.text == SPANISH[:53]
+    assert msg.concat == Concat(ref=9, part=1, total=2, ref_bits=8)
+    assert msg.malformed is not None
+
+
+def test_ucs2_user_data_longer_than_udl_decodes_the_declared_octets():
+    text = "Ваш код подтверждения: 4711. Никому его не сообщайте."
+    full = encode_deliver("Bank", text, sent_at=datetime(2020, 1, 2, tzinfo=P3), encoding="ucs2")
+    msg = parse_pdu(with_udl(full, 40))
+    assert isinstance(msg, Deliver)
+    assert msg.encoding is Encoding.UCS2
+    assert msg.data == text.encode("utf-16-be")[:40]
+    assert msg.data.decode("utf-16-be") == text[:20]
+    assert msg.trailing == text.encode("utf-16-be")[40:]
+    assert msg.malformed is not None and "TP-UDL 40 (octets)" in msg.malformed
+    # An odd declared UCS2 length is still not guessed at.
+    with pytest.raises(PduError, match="odd length"):
+        parse_pdu(with_udl(full, 41))
+
+
+def test_8bit_user_data_longer_than_udl_decodes_the_declared_octets():
+    data = bytes(range(30))
+    full = encode_deliver(
+        "+79001234567", sent_at=datetime(2020, 1, 2, tzinfo=P3), encoding="8bit", data=data
+    )
+    msg = parse_pdu(with_udl(full, 12))
+    assert isinstance(msg, Deliver)
+    assert msg.encoding is Encoding.BINARY
+    assert msg.data == data[:12]
+    assert msg.trailing == data[12:]
+    assert msg.malformed is not None and "18 octet(s) more than TP-UDL 12" in msg.malformed
+
+
+def test_longer_user_data_reaches_the_core_as_decoded_text_flagged():
+    from drivers.at.sms import decode
+
+    full = encode_deliver("Movistar", SPANISH, sent_at=datetime(2011, 3, 4, tzinfo=P2))
+    pdu = with_udl(full, 53)
+    decoded = decode("p/0", "89340000000000000001", pdu, None)
+    assert decoded.error is None
+    part = decoded.part
+    assert part is not None
+    assert part.encoding is Encoding.GSM7 and part.text == SPANISH[:53]
+    assert part.malformed is not None
+    assert part.raw == raw_tpdu(pdu) == bytes.fromhex(pdu)[1 + bytes.fromhex(pdu)[0] :]
+
+
+def test_user_data_over_140_octets_stays_an_error():
+    full = encode_deliver(
+        "+79001234567", sent_at=datetime(2020, 1, 2, tzinfo=P3), encoding="8bit", data=bytes(140)
+    )
+    with pytest.raises(PduError, match="more than 140"):
+        parse_pdu(with_udl(full, 100) + "00")
