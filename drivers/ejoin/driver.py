@@ -23,6 +23,9 @@ restarts at row 1 and content ids drop what was already committed (no SMS lost o
 
 Capabilities: RADIO (``lock``/``unlock``; the field lesson of section 1.5: only the gateway
 lock holds, AT CFUN does not), FORWARDING and USSD (AT pass-through), SELECT (``switch``), ESIM.
+``enable`` of a standby SIM is the core's ``select`` then ``set_radio(True)``: switch, then
+unlock.  Rental pins (:mod:`.rotation`): ``select`` pins, ``set_radio(True)`` pins the selected
+SIM, ``set_radio(False)`` unpins.
 Not CALLS: the HTTP API has call *statistics* only (section 1.7), no per-call report.
 """
 
@@ -419,12 +422,15 @@ class EjoinDriver(Driver):
         self._fast()
 
     async def set_radio(self, sim: SimInfo, on: bool) -> None:
+        """``enable`` -> ``unlock`` of the slot, ``disable`` -> ``lock`` (the only detach that
+        holds on these boxes, research 1.5).  Enabling never switches slots: the core selects a
+        standby SIM first (``select``) when the hub enables it, and its re-apply of a desired
+        state must not pick the slot in use (agent/actions.py).  Enabling the *selected* SIM
+        pins it (rented); disabling unpins."""
         where = self._locate(sim)
         if on:
-            # Pin first, so rotation cannot switch away while we switch to it.
-            await self._rotation.pin(sim.iccid)
-            if not where.selected:
-                await self._run("switch", dot_port(where.port, where.slot))
+            if where.selected:
+                await self._rotation.pin(sim.iccid)
             await self._run("unlock", letter_port(where.port, where.slot))
         else:
             await self._rotation.unpin(sim.iccid)
@@ -432,9 +438,13 @@ class EjoinDriver(Driver):
         await self._settle()
 
     async def select(self, sim: SimInfo) -> None:
+        """``switch`` to the SIM's slot, and pin it (pinned first, so rotation cannot switch
+        away meanwhile).  On an already selected SIM it only pins: safe to call for every
+        ``enable``."""
         where = self._locate(sim)
         await self._rotation.pin(sim.iccid)
-        await self._run("switch", dot_port(where.port, where.slot))
+        if not where.selected:
+            await self._run("switch", dot_port(where.port, where.slot))
         await self._settle()
 
     def _selected_port(self, sim: SimInfo, what: str) -> int:

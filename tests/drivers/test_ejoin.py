@@ -454,13 +454,18 @@ async def test_lock_unlock_switch_observed_in_the_box(tmp_path: Path) -> None:
             SimPresent, lambda e: e.info.iccid == r.iccid(1, 1) and not e.info.radio_on
         )
         assert not ev.info.registered
-        await r.driver.set_radio(r.sim(1, 2), True)  # standby: switch, then unlock
+        # The core's enable of a standby SIM: select (switch), then set_radio (unlock).
+        await r.driver.select(r.sim(1, 2))
+        await r.driver.set_radio(r.sim(1, 2), True)
+        # Enabling a locked standby SIM unlocks it and never switches (re-apply semantics).
+        await r.driver.set_radio(r.sim(1, 1), True)
         assert [(e["op"], e["ports"]) for e in box.log] == [
             ("lock", "1A"),
             ("switch", "1.02"),
             ("unlock", "1B"),
+            ("unlock", "1A"),
         ]
-        assert box.port_table[1].active == 2
+        assert box.port_table[1].active == 2 and not box.port_table[1].slots[1].locked
         ev = await r.pump.next(
             SimPresent, lambda e: e.info.iccid == r.iccid(1, 2) and e.info.registered
         )
@@ -550,8 +555,11 @@ async def test_rotation_delivers_held_sms_and_pins_rented_sims(tmp_path: Path) -
         await r.driver.ack(part.ack_token)
         switches = [e["ports"] for e in box.log if e["op"] == "switch"]
         assert switches[:2] == ["1.02", "1.03"]  # fair order: least recently selected next
-        # A rented SIM is pinned: rotation switches to it and never away.
-        await r.driver.set_radio(r.sim(1, 2), True)
+        # A rented SIM is pinned: never rotated away, and switched back to when the box
+        # selected another slot behind our back (a reboot, the web UI).
+        await r.driver.select(r.sim(1, 2))
+        await until(lambda: box.port_table[1].active == 2)
+        box.command("switch", "1.03")
         await until(lambda: box.port_table[1].active == 2)
         pinned_at = len(box.log)
         box.send_sms(r.iccid(1, 1), "+7900", "for slot 1")
