@@ -15,6 +15,7 @@ from drivers.base import Driver
 DRIVERS: dict[str, str] = {
     "simulated": "drivers.simulated:SimulatedDriver",
     "at": "drivers.at.driver:AtDriver",
+    "ejoin": "drivers.ejoin.driver:EjoinDriver",
     "goip": "drivers.goip.driver:GoipDriver",
 }
 
