@@ -98,9 +98,11 @@ class SimActions:
         """``enable`` / ``disable``.  Enabling a standby SIM selects it first (``select``;
         convergence never selects: which slot is in use is the hub's or rotation's call)."""
         self.require(Capability.RADIO, "enable/disable")
-        select = select and enabled and not sim.info.selected
-        if select:
+        if select and enabled and not sim.info.selected:
             self.require(Capability.SELECT, "selecting a standby SIM")
+        # An enable from the hub (a rental) selects even a SIM that is selected already: on a
+        # gateway that rotates its bank, select() also pins the SIM so rotation leaves it.
+        select = select and enabled and self.supports(Capability.SELECT)
         async with self.locks[sim.iccid]:
             if persist:
                 await self.persist(sim, enabled=enabled)

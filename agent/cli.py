@@ -300,11 +300,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    """``probe PORT``: an AT modem; ``probe http://…``: an Ejoin / Skyline gateway.  Both read
+    only; the exit status is 1 when the device cannot be identified."""
     from agent import logs
+
+    # The table is the output; the wire trace only with --debug (to stderr).
+    logs.configure("debug" if args.debug else "warning", "console")
+    if args.port.startswith(("http://", "https://")):
+        return _probe_gateway(args)
     from drivers.at.probe import format_probe, probe
 
-    # The table is the output; the AT wire trace only with --debug (to stderr).
-    logs.configure("debug" if args.debug else "warning", "console")
     try:
         result = asyncio.run(probe(args.port, args.baudrate))
     except Exception as exc:
@@ -314,6 +319,38 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if result.get("error"):
         print(f"probe failed: {result['error']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _probe_gateway(args: argparse.Namespace) -> int:
+    from drivers.base import DriverError
+    from drivers.ejoin.probe import probe as probe_ejoin
+
+    password = args.password or ""
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"probe failed: --password-file: {exc.__class__.__name__}", file=sys.stderr)
+            return 2
+    try:
+        result = asyncio.run(probe_ejoin(args.port, args.username, password))
+    except DriverError as exc:
+        print(f"probe failed: {exc}", file=sys.stderr)
+        return 1
+    rows = [
+        ["driver", "ejoin (Ejoin / Skyline HTTP API)"],
+        ["model", result["model"]],
+        ["firmware", result["firmware"]],
+        ["MAC", result["mac"]],
+        ["ports", result["ports"]],
+        ["slots per port", result["slots"]],
+        ["eSIM ports", ", ".join(map(str, result["esim_ports"])) or "-"],
+        ["SIMs present", result["sims"]],
+        ["selected", result["selected"]],
+        ["registered", result["registered"]],
+    ]
+    print(format_table(rows, ["FIELD", "VALUE"]))
     return 0
 
 
@@ -356,9 +393,19 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--sims", type=int, default=16)
     sp.add_argument("--rate", type=float, default=3.0, help="SMS per second")
     sp.set_defaults(fn=cmd_demo)
-    sp = sub.add_parser("probe", help="identify an AT modem")
-    sp.add_argument("port", help="/dev/serial/by-id/..., socket://host:port or rfc2217://...")
+    sp = sub.add_parser("probe", help="identify an AT modem or an Ejoin/Skyline gateway")
+    sp.add_argument(
+        "port",
+        help="/dev/serial/by-id/..., socket://host:port, rfc2217://... or a gateway's http://...",
+    )
     sp.add_argument("--baudrate", type=int, default=115200)
+    sp.add_argument("--username", default="root", help="gateway web user (default root)")
+    sp.add_argument(
+        "--password-file", type=Path, default=None, help="file holding the gateway password"
+    )
+    sp.add_argument(
+        "--password", default=None, help="gateway password (visible in ps: prefer the file)"
+    )
     sp.add_argument("--debug", action="store_true", help="show the AT wire trace on stderr")
     sp.set_defaults(fn=cmd_probe)
     return p
