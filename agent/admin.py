@@ -23,11 +23,10 @@ The handlers themselves read only memory and cached figures (see :mod:`agent.out
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import resource
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -37,6 +36,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from drivers.serve import EmbeddedServer
 
 log = structlog.get_logger("agent.admin")
 
@@ -93,25 +94,6 @@ class BoundedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers (the CLI owns signals), stopped by an event."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.exit_now = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def main_loop(self) -> None:
-        # uvicorn polls should_exit ten times a second; an event makes stopping immediate and
-        # the loop otherwise idle.  on_tick(0) refreshes the Date header once a second.
-        while not await self.on_tick(0):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exit_now.wait(), 1.0)
-
-
 async def _not_found(_request: Request, _exc: Exception) -> Response:
     return PlainTextResponse("not found\n", 404)
 
@@ -145,7 +127,7 @@ class AdminServer:
         self.routes = routes
         self._sock: socket.socket | None = None
         self._serving = False
-        self._server = _Server(
+        self._server = EmbeddedServer(
             uvicorn.Config(
                 create_app(routes),
                 http=BoundedH11Protocol,

@@ -13,9 +13,7 @@ window; open long-polls and held faulted requests are ended at once when the hub
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Generator
 
 import structlog
 import uvicorn
@@ -31,6 +29,7 @@ from agent.hub.middleware import AgentGate
 from agent.hub.runtime import Runtime
 from agent.hub.state import HubState
 from agent.hub.wire import error_response
+from drivers.serve import EmbeddedServer
 
 log = structlog.get_logger(__name__)
 
@@ -61,31 +60,6 @@ def create_app(config: HubConfig, state: HubState | None = None) -> Starlette:
     app.state.runtime = runtime
     app.state.hub = hub
     return app
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without signal handling, reporting when it listens."""
-
-    def __init__(self, config: uvicorn.Config, ready: asyncio.Event | None) -> None:
-        super().__init__(config)
-        self._ready = ready
-        self.exit_now = asyncio.Event()
-
-    async def main_loop(self) -> None:
-        # uvicorn polls should_exit every 0.1 s; waking on an event makes stopping immediate
-        # (tests start and stop a hub each).  on_tick(0) refreshes the Date header.
-        while not await self.on_tick(0):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exit_now.wait(), 1.0)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and self._ready is not None:
-            self._ready.set()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -138,7 +112,7 @@ async def run_hub(
         timeout_keep_alive=_KEEP_ALIVE_S,
         timeout_graceful_shutdown=config.graceful_shutdown_s,
     )
-    server = _Server(uv_config, ready)
+    server = EmbeddedServer(uv_config, ready)
     serve = asyncio.create_task(server.serve(sockets=[sock]), name="hub:serve")
     stop = asyncio.create_task(shutdown.wait(), name="hub:shutdown") if shutdown else None
     log.info("hub listening", url=hub.base_url, control=config.control)

@@ -14,9 +14,8 @@ the answer is an immediate ``200 OK``: the box is never held waiting on us.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,25 +23,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from drivers.serve import EmbeddedServer
+
 MAX_PUSH_BODY = 256 * 1024
 _METHODS = ["GET", "POST", "PUT"]
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without signal handlers (the agent owns them), stopping at once on request."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.exit_now = asyncio.Event()
-
-    async def main_loop(self) -> None:
-        while not await self.on_tick(0):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exit_now.wait(), 1.0)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -58,7 +42,7 @@ class PushListener:
     def __init__(self, listen: str, on_push: Callable[[], None]) -> None:
         self._host, self._port = parse_listen(listen)
         self._on_push = on_push
-        self._server: _Server | None = None
+        self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
         self.pushes = 0
@@ -101,7 +85,7 @@ class PushListener:
             limit_concurrency=64,
         )
         self._sock = sock
-        self._server = _Server(config)
+        self._server = EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="ejoin:push")
         while not self._server.started:
             if self._task.done():

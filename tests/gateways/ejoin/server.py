@@ -17,9 +17,7 @@ standalone):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Generator
 from typing import Any
 
 import httpx
@@ -29,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from drivers.serve import EmbeddedServer
 from tests.gateways.ejoin.app import create_app, recv_sms_push
 from tests.gateways.ejoin.model import Box, Faults
 
@@ -45,23 +44,6 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.1)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without signal handling; stops as soon as ``exit_now`` is set."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.exit_now = asyncio.Event()
-
-    async def main_loop(self) -> None:
-        while not await self.on_tick(0):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exit_now.wait(), 1.0)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -91,7 +73,7 @@ class _Listener:
             log_config=None,
             timeout_graceful_shutdown=1,
         )
-        self.server = _Server(cfg)
+        self.server = EmbeddedServer(cfg)
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
 
     async def started(self) -> None:
