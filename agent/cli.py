@@ -25,6 +25,7 @@ import structlog
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, split_listen
+from agent.store import Store
 
 HARD_STOP_S = 9.5  # invariant 7: exit within 10 s of SIGTERM, whatever is still running
 
@@ -194,15 +195,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_queue(args: argparse.Namespace) -> int:
+def _open_store(args: argparse.Namespace) -> Store | None:
+    """The agent's store for a CLI command (alongside a running agent: WAL), or None with a
+    message when there is none yet."""
     from agent.store import Store
 
     config = _load(args.config, require_key=False)
     db = config.agent.state_dir / "agent.db"
     if not db.exists():
         print(f"no store at {db}", file=sys.stderr)
+        return None
+    return Store(db)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    if store is None:
         return 1
-    store = Store(db)
     try:
         if args.action == "list":
             depth, oldest = store.outbox_stats()
@@ -243,14 +252,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_store(args: argparse.Namespace) -> int:
     """``store ack``: the operator has dealt with the damaged stores moved aside at start."""
-    from agent.store import Store
-
-    config = _load(args.config, require_key=False)
-    db = config.agent.state_dir / "agent.db"
-    if not db.exists():
-        print(f"no store at {db}", file=sys.stderr)
+    store = _open_store(args)
+    if store is None:
         return 1
-    store = Store(db)
     try:
         for incident in store.incidents():
             print(
