@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from agent.logs import flush_streaks
+
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile(
@@ -31,6 +33,10 @@ settings.load_profile(
 def no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
+    # A test that configured the agent's logging may have left a streak of repeated library
+    # errors open, whose report waits on a timer thread: report it now, as the CLI does at
+    # exit, so the timer ends with the test.
+    flush_streaks()
     deadline = time.monotonic() + 3.0
     while True:
         leaked = [
