@@ -3,6 +3,7 @@
 
     .venv/bin/python tests/bench/bench_gateways.py [--rate 100] [--duration 20] [--idle 10]
         [--gateways 8] [--ports 32] [--slots 4] [--goip-lines 64] [--no-push] [--json] [--keep]
+        [--py-spy idle|load]
 
 Every piece is a process of its own, talking over 127.0.0.1 as on a SIM farm's LAN:
 
@@ -25,15 +26,23 @@ Figures:
     → lines online;
 (b) idle CPU of the agent over ``--idle`` s (utime + stime, % of one core), RSS (VmRSS, VmHWM);
 (c) load: ``--rate`` SMS/s for ``--duration`` s, spread round-robin over the selected SIMs of
-    every box and the GoIP lines, injected through the emulators' control APIs (an
-    ``httpx.AsyncClient`` per emulator, up to ``--concurrency`` requests in flight).  Per SMS
+    every box and the GoIP lines (one SMS in five via GoIP), injected through the emulators'
+    control APIs (one ``httpx.AsyncClient``, at most ``--concurrency`` requests in flight, its
+    connections opened before the clock starts).  Per SMS
     the latency runs from just before the control call to the hub's ``received`` time; its
     split at the agent's intake (the message's ``received_at``) and the agent's own share
     (stored → accepted, from its ``forwarded`` log lines) show where the time goes.  Every SMS
     must arrive exactly once: ``lost`` counts texts not at the hub, ``duplicates`` texts under
     more than one id; repeated ids the hub absorbed are shown beside them.
 
-``--json`` prints one JSON object of the figures as the last line.  Not collected by pytest
+Before (b), one SMS goes through every box unmeasured: an emulator's first push pays its HTTP
+client's first-request costs, which a box in service paid long ago.  ``--py-spy idle|load``
+samples the agent during that phase (py-spy on PATH or beside the interpreter; it takes CPU
+from the agent, so its latencies are not figures).
+
+``--json`` sends the readable lines to stderr and prints one JSON object of the figures
+(``sims, selected, goip_lines, connect_s, idle_cpu_pct, rss_mb, rate, accepted_per_s, p50_ms,
+p99_ms, lost, duplicates`` and more) as the last line of stdout.  Not collected by pytest
 (the file is ``bench_*.py``).
 """
 
@@ -685,6 +694,9 @@ def main() -> int:
         bench.warm_up()
         bench.idle()
         bench.load()
+    except KeyboardInterrupt:
+        print("interrupted; stopping every process", file=sys.stderr, flush=True)
+        return 130
     finally:
         bench.close()
     if args.json:
