@@ -371,41 +371,41 @@ def salvage(copy: Path) -> Salvage:
         out.errors.append(f"open: {exc}")
         return out
     try:
-        outbox: dict[str, tuple[int, tuple[str, str, str, float]]] = {}
-        for order in ("ASC", "DESC"):
-            sql = f"SELECT seq, id, iccid, body, stored_at FROM outbox ORDER BY seq {order}"
-            for r in _salvage_rows(db, sql, out.errors, f"outbox {order}"):
-                outbox.setdefault(r[1], (r[0], (r[1], r[2], r[3], r[4])))
-        out.outbox = [row for _seq, row in sorted(outbox.values())]
-        dead: dict[str, tuple[Any, ...]] = {}
-        for order in ("ASC", "DESC"):
-            sql = (
-                "SELECT id, iccid, body, reason, attempts, stored_at, dead_at FROM dead_letters"
-                f" ORDER BY id {order}"
-            )
-            for r in _salvage_rows(db, sql, out.errors, f"dead_letters {order}"):
-                dead.setdefault(r[0], r)
-        out.dead_letters = list(dead.values())
-        sims: dict[str, tuple[Any, ...]] = {}
-        for order in ("ASC", "DESC"):
-            sql = (
-                "SELECT iccid, number, number_source, desired_enabled, desired_forward FROM sims"
-                f" ORDER BY iccid {order}"
-            )
-            for r in _salvage_rows(db, sql, out.errors, f"sims {order}"):
-                sims.setdefault(r[0], r)
-        out.sims = list(sims.values())
-        state: dict[tuple[str, str], tuple[Any, ...]] = {}
-        for order in ("ASC", "DESC"):
-            sql = (
-                f"SELECT device, key, value FROM driver_state ORDER BY device {order}, key {order}"
-            )
-            for r in _salvage_rows(db, sql, out.errors, f"driver_state {order}"):
-                state.setdefault((r[0], r[1]), r)
+        errors = out.errors
+        cols = "seq, id, iccid, body, stored_at"
+        outbox = _both_ends(db, errors, "outbox", cols, ("seq",), (1,))
+        out.outbox = [(r[1], r[2], r[3], r[4]) for r in sorted(outbox.values())]
+        cols = "id, iccid, body, reason, attempts, stored_at, dead_at"
+        out.dead_letters = list(
+            _both_ends(db, errors, "dead_letters", cols, ("id",), (0,)).values()
+        )
+        cols = "iccid, number, number_source, desired_enabled, desired_forward"
+        out.sims = list(_both_ends(db, errors, "sims", cols, ("iccid",), (0,)).values())
+        cols = "device, key, value"
+        state = _both_ends(db, errors, "driver_state", cols, ("device", "key"), (0, 1))
         out.driver_state = list(state.values())
     finally:
         db.close()
     return out
+
+
+def _both_ends(
+    db: sqlite3.Connection,
+    errors: list[str],
+    table: str,
+    columns: str,
+    order: tuple[str, ...],
+    key: tuple[int, ...],
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """A damaged table read forwards, then backwards (rows on both sides of one bad page come
+    back), keyed by the columns at ``key``; the first read of a row wins."""
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for direction in ("ASC", "DESC"):
+        by = ", ".join(f"{c} {direction}" for c in order)
+        sql = f"SELECT {columns} FROM {table} ORDER BY {by}"
+        for r in _salvage_rows(db, sql, errors, f"{table} {direction}"):
+            rows.setdefault(tuple(r[k] for k in key), r)
+    return rows
 
 
 def _salvage_rows(
