@@ -25,8 +25,9 @@ Behaviour, per line:
   bytes, so a retransmission (same recvid) is the same message id and the core's dedup makes it
   one message.  ``RECEIVE $recvid OK`` is sent to the datagram's source only when the core
   calls ``ack()`` (after its fsync); until then the GoIP retransmits (3 s, 3 times) and each
-  copy is reported again.  A retransmission of an already acked recvid is re-acked at once
-  (our ack was lost).  Parts have no ``concat``: GoIP strips the UDH and sends each segment as
+  copy is reported again.  A retransmission of an already acked message (identical bytes, not
+  merely the same recvid, which a GoIP may reuse after a reboot) is re-acked at once (our ack
+  was lost).  Parts have no ``concat``: GoIP strips the UDH and sends each segment as
   its own RECEIVE (section 2.3); they are forwarded as separate messages rather than joined
   by a guess.
 * The message carries no ICCID (section 2.3): it is attributed to the line's SIM from the last
@@ -61,6 +62,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import re
 import socket
 import time
@@ -95,8 +97,8 @@ log = structlog.get_logger(__name__)
 
 #: SMS queued for the core beyond this many: further RECEIVEs are left unacked.
 MAX_QUEUED = 10_000
-#: Acked (line, recvid) remembered for re-acking a retransmission (the GoIP retries 3 times
-#: within ~12 s, A.4, so a few thousand entries cover any realistic rate).
+#: Acked messages (SHA-256 of their raw bytes) remembered for re-acking a retransmission (the
+#: GoIP retries 3 times within ~12 s, A.4, so a few thousand entries cover any realistic rate).
 ACKED_MEMORY = 8192
 #: Garbage and unknown-id datagrams are logged at most this often.
 NOISE_LOG_S = 60.0
@@ -110,6 +112,10 @@ class AckToken:
     line: str
     recvid: str
     addr: tuple[str, int]
+    #: SHA-256 of the message's raw bytes: the already-acked memory is keyed by it, so a recvid
+    #: the GoIP reuses (its counter restarts at boot) for a NEW SMS is not taken for a
+    #: retransmission.
+    digest: bytes = b""
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -151,7 +157,7 @@ class GoipDriver(Driver):
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._remembered: dict[str, str] = {}  # line id -> ICCID from context.state
-        self._acked: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._acked: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._queued = 0
         self._dropped = 0
         self._dropped_reported = 0
@@ -352,17 +358,6 @@ class GoipDriver(Driver):
         if msg.kind != "RECEIVE" or msg.msg is None:
             self._sendto(wire.push_ack(msg.kind, msg.recvid), addr)
             return
-        key = (line.id, msg.recvid)
-        if key in self._acked:  # committed before; our ack was lost on the way
-            self._sendto(wire.push_ack("RECEIVE", msg.recvid), addr)
-            return
-        iccid = line.iccid or self._remembered.get(line.id)
-        if iccid is None:
-            self._noise(f"SMS on line {line.id} before any keepalive with an ICCID", addr)
-            return
-        if self._queued >= MAX_QUEUED:
-            self._noise("SMS backlog full; left to the GoIP's retransmission", addr)
-            return
         srcnum = msg.fields.get("srcnum", "")[:64]
         raw = b"\x1f".join(
             [
@@ -373,6 +368,18 @@ class GoipDriver(Driver):
                 wire.exact_bytes(msg.msg),
             ]
         )
+        # A true retransmission has identical bytes; a reused recvid with other content is new.
+        digest = hashlib.sha256(raw).digest()
+        if digest in self._acked:  # committed before; our ack was lost on the way
+            self._sendto(wire.push_ack("RECEIVE", msg.recvid), addr)
+            return
+        iccid = line.iccid or self._remembered.get(line.id)
+        if iccid is None:
+            self._noise(f"SMS on line {line.id} before any keepalive with an ICCID", addr)
+            return
+        if self._queued >= MAX_QUEUED:
+            self._noise("SMS backlog full; left to the GoIP's retransmission", addr)
+            return
         self._queued += 1
         self._emit(
             SmsPart(
@@ -382,7 +389,7 @@ class GoipDriver(Driver):
                 sent_at=None,
                 encoding=Encoding.TEXT,
                 raw=raw,
-                ack_token=AckToken(line.id, msg.recvid, addr),
+                ack_token=AckToken(line.id, msg.recvid, addr, digest),
                 text=wire.readable(msg.msg),
             )
         )
@@ -391,7 +398,7 @@ class GoipDriver(Driver):
         if not isinstance(token, AckToken):
             return
         self._sendto(wire.push_ack("RECEIVE", token.recvid), token.addr)
-        key = (token.line, token.recvid)
+        key = token.digest
         self._acked[key] = None
         self._acked.move_to_end(key)
         while len(self._acked) > ACKED_MEMORY:

@@ -91,7 +91,7 @@ class Line:
     """The state of one configured line (``[[devices]].lines`` entry)."""
 
     id: str
-    password: str
+    password: str = field(repr=False)
     port: str
     #: Where the line's authenticated datagrams come from; commands go there (section 2.1).
     addr: tuple[str, int] | None = None

@@ -36,7 +36,7 @@ from drivers.base import (
 )
 from drivers.goip.config import GoipConfig
 from drivers.goip.driver import GoipDriver
-from drivers.goip.line import signal_dbm
+from drivers.goip.line import Line, signal_dbm
 from tests.gateways.goip import GoipEmulator, Settings
 
 
@@ -478,3 +478,24 @@ async def test_sixty_four_lines_in_one_emulator(tmp_path: Path) -> None:
         r.emu.lines[63].deliver("+7900", "to the last line")
         part = await r.events.next(SmsPart)
         assert part.port == "goip1/goip64" and part.iccid == r.emu.lines[63].iccid
+
+
+async def test_reused_recvid_with_new_content_reaches_the_core(tmp_path: Path) -> None:
+    # A GoIP whose recvid counter restarts at boot reuses an id already acked: the new SMS
+    # must still be emitted (only identical bytes are a retransmission).
+    async with rig(tmp_path, lines=1, retransmit_s=0.05, max_retransmits=-1) as r:
+        await r.present(0)
+        line = r.emu.lines[0]
+        recvid = line.deliver("+7900", "first text")
+        first = await r.events.next(SmsPart)
+        await r.driver.ack(first.ack_token)
+        await r.emu.wait_for(lambda: [s.recvid for s in line.delivered] == [recvid])
+        line.recvids -= 1  # the counter restarted: the next SMS gets the same recvid
+        assert line.deliver("+7900", "second text") == recvid
+        second = await r.events.next(SmsPart, lambda p: p.text == "second text")
+        assert second.raw != first.raw
+
+
+def test_line_password_not_in_repr() -> None:
+    line = Line(id="goip01", password="s3cret-pw", port="goip1/goip01")
+    assert "s3cret-pw" not in repr(line) and "goip01" in repr(line)
