@@ -12,9 +12,10 @@ or the device supervisor converges a SIM that (re)appeared on its persisted desi
    ``SETTLE_S``, so a result states the SIM as it is after the change.
 
 One :class:`SimActions` belongs to each device supervisor; its per-SIM locks serialise a
-command and a re-apply of the same SIM.  ``enable`` on a ``standby`` SIM selects it first
-(bank slot switch, eSIM profile enable, PROTOCOL.md section 5); a SIM locked on a gateway is
-unlocked by the same ``set_radio`` that switches a modem's radio on.
+command and a re-apply of the same SIM, and a re-apply checks under the lock that its target
+is still the desired state (a command that ran first wins).  ``enable`` on a ``standby`` SIM
+selects it first (bank slot switch, eSIM profile enable, PROTOCOL.md section 5); a SIM locked
+on a gateway is unlocked by the same ``set_radio`` that switches a modem's radio on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -90,6 +92,13 @@ class SimActions:
             sim.iccid, enabled=enabled, forward=forward, set_forward=forward is not None
         )
 
+    def _still_wanted(self, iccid: str, wanted: Callable[[Sim], bool]) -> bool:
+        """A re-apply chose its target before taking the SIM's lock; a command may have
+        changed the desired state meanwhile (and done the work): then the re-apply must not
+        undo it."""
+        sim = self.core.inventory.sims.get(iccid)
+        return sim is not None and wanted(sim)
+
     # -- the changes --------------------------------------------------------------------
 
     async def set_enabled(
@@ -106,6 +115,8 @@ class SimActions:
         async with self.locks[sim.iccid]:
             if persist:
                 await self.persist(sim, enabled=enabled)
+            elif not self._still_wanted(sim.iccid, lambda s: s.desired_enabled == enabled):
+                return
             driver = self._driver()
             inv = self.core.inventory
             if select:
@@ -132,6 +143,8 @@ class SimActions:
         async with self.locks[sim.iccid]:
             if persist:
                 await self.persist(sim, forward=to or "")
+            elif not self._still_wanted(sim.iccid, lambda s: (s.desired_forward or None) == to):
+                return
             driver = self._driver()
             await driver.set_forwarding(
                 _current(self.core.inventory.sims.get(sim.iccid), sim.info), to

@@ -14,8 +14,10 @@ file descriptors or of event-loop time.  It is bounded at three places:
   fewer than :data:`FD_RESERVE` descriptors would remain under ``RLIMIT_NOFILE``: the sender,
   the store and the drivers keep theirs; a connection that sends no request within
   :data:`HEAD_TIMEOUT_S` is closed;
-* requests: beyond :data:`LIMIT_CONCURRENCY` at a time uvicorn answers 503 without running a
-  handler.
+* requests: once :data:`LIMIT_CONCURRENCY` connections are open (uvicorn counts connections,
+  idle keep-alive ones included, not requests in progress) it answers 503 without running a
+  handler; idle connections are closed after :data:`HEAD_TIMEOUT_S`, so a scrape is refused
+  only during a flood, never for long.
 
 The handlers themselves read only memory and cached figures (see :mod:`agent.outboxstats`).
 """

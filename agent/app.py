@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -215,7 +216,12 @@ class App:
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
-            await self._refresh()
+            try:
+                await self._refresh()
+            except (sqlite3.Error, ValueError) as exc:
+                # A store that cannot be read right now: keep the last figures (the store's
+                # own health says what is wrong); never end the agent's TaskGroup for it.
+                log.warning("status figures not refreshed", reason=str(exc)[:200])
             if self.ready.is_set():
                 self.notifier.status(self.status_line())
 

@@ -7,7 +7,10 @@ PROTOCOL.md section 5, as the agent side:
 * A command id is executed at most once per outcome: its row is written (``running``) before
   execution and its result (``done``) after, both durable.  A repeated id with a stored result
   only re-sends the result.  A ``running`` row found at start-up (the agent died mid-command)
-  is executed again: every command type sets an absolute state, so repeating it is safe.
+  is executed again when its type sets an absolute state (enable, disable, forward, unforward,
+  esim_delete); a ``ussd`` (a code may transfer money) or an ``esim_download`` (its activation
+  code is single-use) is not repeated: it is answered ``ok: false`` "interrupted by a restart;
+  outcome unknown", and the hub decides.
 * The desired state (enabled, forwarding) is persisted *before* touching the hardware, so a
   crash in between still converges: the device supervisor re-applies desired state whenever a
   SIM (re)appears.
@@ -44,6 +47,8 @@ log = structlog.get_logger("agent.commands")
 
 COMMAND_TIMEOUT_S = 60.0
 TYPES = ("enable", "disable", "forward", "unforward", "ussd", "esim_download", "esim_delete")
+#: Interrupted by a crash, these are not run again: their effect is not an absolute state.
+NOT_REPEATED = frozenset({"ussd", "esim_download"})
 #: A USSD code as TS 22.030 clause 6.5 writes them: digits, * and #, ending in #.
 USSD_CODE = re.compile(r"[*#][0-9*#]{1,40}#")
 #: How long a command for a SIM not seen yet waits for the devices to report their SIMs
@@ -76,8 +81,20 @@ class Commands:
     # -- poll -----------------------------------------------------------------------------
 
     async def resume(self) -> None:
-        """Re-run commands interrupted by a crash (their effect is idempotent)."""
-        for row in await self.core.store.call(self.core.store.store.commands_running):
+        """Re-run commands interrupted by a crash where that is safe (see the module
+        docstring); answer the others as interrupted."""
+        store = self.core.store
+        for row in await store.call(store.store.commands_running):
+            if row.type in NOT_REPEATED:
+                log.warning("command interrupted by a restart; not repeated", command_id=row.id)
+                result = {
+                    "ok": False,
+                    "state": None,
+                    "error": "interrupted by a restart; outcome unknown",
+                    "finished_at": iso(time.time()),
+                }
+                await store.call(store.store.command_finish, row.id, result, now=time.time())
+                continue
             log.warning("re-running a command interrupted by a restart", command_id=row.id)
             self._spawn(row.body)
         self.core.results_wake.set()
@@ -325,9 +342,9 @@ class Commands:
                 path = f"/commands/{quote(row.id, safe='')}/result"
                 outcome = await core.hub.request("POST", path, body=body, endpoint="command_result")
                 if isinstance(outcome, Ok | Permanent):
-                    if isinstance(outcome, Ok):
-                        core.health.ok(RESULT)
-                    else:
+                    # Either way the hub took the key: no error stands for this endpoint.
+                    core.health.ok(RESULT)
+                    if isinstance(outcome, Permanent):
                         log.error(
                             "hub refused a command result", command_id=row.id, reason=outcome.reason
                         )

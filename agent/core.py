@@ -55,13 +55,16 @@ class HubHealth:
         return next(reversed(self.errors.values()), None)
 
     def ok(self, endpoint: str) -> None:
+        self._clear_auth(endpoint)
+        self.errors.pop(endpoint, None)
+        self.last_ok = time.time()
+
+    def _clear_auth(self, endpoint: str) -> None:
         if endpoint in self._auth:
             self._auth.discard(endpoint)
             if not self._auth:
                 log.info("hub accepts the API key again; resuming")
                 self.metrics.auth_failure.set(0)
-        self.errors.pop(endpoint, None)
-        self.last_ok = time.time()
 
     def auth(self, endpoint: str, reason: str, retry_s: float) -> None:
         if not self._auth:
@@ -70,11 +73,14 @@ class HubHealth:
                 reason=reason,
                 retry_in_s=retry_s,
             )
-        self._auth.add(endpoint)
         self.error(endpoint, f"auth: {reason}")
+        self._auth.add(endpoint)
         self.metrics.auth_failure.set(1)
 
     def error(self, endpoint: str, reason: str) -> None:
+        """A standing error that is not an auth failure (it replaces one: the hub got past
+        the key to answer this)."""
+        self._clear_auth(endpoint)
         self.errors.pop(endpoint, None)
         self.errors[endpoint] = f"{endpoint}: {reason}"
 

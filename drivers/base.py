@@ -205,7 +205,9 @@ class DriverState:
 
     The core's implementation keeps it in its store, per device; this in-memory one serves
     tests and tools that run a driver without a store.  Values are short strings (a driver
-    encodes anything richer as JSON); writes are durable when ``set`` returns.
+    encodes anything richer as JSON).  A value ``set`` survives the agent's crash; a power cut
+    may lose the latest ones (they are committed without fsync), so a driver must tolerate
+    finding an older value: a poll cursor re-reads rows, which the core drops by id.
     """
 
     def __init__(self) -> None:

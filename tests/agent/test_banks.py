@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.hub import HubState
-from drivers.simulated import SimNetwork
+from drivers.simulated import SimNetwork, sim_identity
 from tests.agent.test_app import agent, hub, texts, until
 
 BANK = {"name": "gw", "driver": "simulated", "sims": 12, "slots": 4, "esim_ports": 1}
@@ -97,3 +97,36 @@ async def test_a_bad_esim_download_is_refused_with_the_reason(tmp_path: Any) -> 
             result = await run(h, "esim_download", None, agent_id="farm-t", **params)
             assert result["ok"] is False and reason in result["error"], (params, result)
         assert len(h.sims) == 12
+
+
+async def test_interrupted_ussd_and_esim_download_are_not_repeated(tmp_path: Any) -> None:
+    """A USSD code (it may transfer money) or an eSIM download (single-use activation code)
+    found ``running`` after a crash is answered as interrupted, not run again; an absolute
+    command (disable) is run again."""
+    from agent.store import Store
+
+    state = tmp_path / "state"
+    store = Store(state / "agent.db")
+    iccid, _imsi, _number = sim_identity("gw", 0, "RU")  # slot 1.01 of the bank below
+    for body in (
+        {"id": "u-1", "type": "ussd", "sim_id": iccid, "code": "*100#"},
+        {"id": "e-1", "type": "esim_download", "device": "gw", "activation_code": "LPA:1$a$b"},
+        {"id": "d-1", "type": "disable", "sim_id": iccid},
+    ):
+        store.command_start(body, now=0.0)
+    store.close()
+    async with hub() as h, agent(state, h, devices=[BANK]) as app:
+        assert app.core is not None
+        reader = app.core.store.reader
+        await until(
+            lambda: all(
+                (c := reader.command(i)) and c.state == "done" for i in ("u-1", "e-1", "d-1")
+            ),
+            what="every interrupted command finished",
+        )
+        for cid in ("u-1", "e-1"):
+            result = reader.command(cid).result  # type: ignore[union-attr]
+            assert result["ok"] is False
+            assert result["error"] == "interrupted by a restart; outcome unknown"
+        assert reader.command("d-1").result["ok"] is True  # type: ignore[union-attr]
+        await until(lambda: h.sims.get(iccid, {}).get("state") == "disabled", what="disabled")

@@ -367,3 +367,21 @@ def test_scrub_removes_keys_bearer_values_and_quoted_bytes() -> None:
     for leak in ("key-123456", "OTHER-TOKEN", "whsec-abcdef", 'x\\"y'):
         assert leak not in out, out
     assert out.startswith("Illegal header value")
+
+
+def test_an_auth_failure_stands_only_until_the_hub_answers_past_the_key() -> None:
+    """/status and the auth gauge: an endpoint that got a 401 and then a 503 (or a refused
+    result: the hub took the key to answer) is no longer an auth failure."""
+    from agent.core import HubHealth
+    from agent.metrics import Metrics
+
+    health = HubHealth(Metrics())
+    health.auth("POST /messages", "HTTP 401", 300)
+    health.auth("GET /commands", "HTTP 401", 300)
+    assert health.auth_failed
+    health.error("POST /messages", "HTTP 503")
+    assert health.auth_failed, "GET /commands still fails auth"
+    assert health.errors["POST /messages"] == "POST /messages: HTTP 503"
+    health.ok("GET /commands")
+    assert not health.auth_failed
+    assert health.last_error == "POST /messages: HTTP 503"
