@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import structlog
+
 from drivers.base import DriverState, Encoding, SmsPart
 from drivers.ejoin.wire import SmsPage, SmsRow
 
@@ -56,6 +58,12 @@ _FULL_GSM7 = (153, 152)
 _FULL_UCS2 = (67, 66)
 #: Rows emitted but not yet acked, at most; reading pauses beyond it (back-pressure).
 MAX_UNACKED = 2000
+#: A ``next_sms`` that skips more rows than this past the request (10 pages of the driver's
+#: 100) is garbage, not a store that dropped its oldest rows: it is ignored (rows are numbered
+#: from the request), so no work or memory grows with the jump.
+MAX_JUMP = 1000
+
+log = structlog.get_logger(__name__)
 
 
 def is_full_part(text: str) -> bool:
@@ -108,6 +116,7 @@ class Inbox:
         self._finished: set[int] = set()  # ids >= cursor that are finished
         self._waiting: dict[int, _Waiting] = {}  # read, not yet emitted
         self._emitted: set[int] = set()  # emitted, not yet acked
+        self._jump_logged = False
 
     @property
     def unacked(self) -> int:
@@ -140,6 +149,16 @@ class Inbox:
             # that would put rows *before* the request is not trusted (firmware that means
             # "last id"): numbering from ``start`` then loses nothing.
             first = page.next_sms - count
+            if first - start > MAX_JUMP:
+                if not self._jump_logged:
+                    self._jump_logged = True
+                    log.warning(
+                        "ejoin.next_sms_ignored",
+                        device=self._device,
+                        reason=f"next_sms {page.next_sms} jumps more than {MAX_JUMP} rows"
+                        f" past the request at {start}: not trusted, rows numbered from {start}",
+                    )
+                first = start
         # Rows the box no longer has (dropped when its store was full) are finished for us.
         for gap in range(self.read_next, first):
             self._finished.add(gap)

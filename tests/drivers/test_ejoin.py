@@ -708,3 +708,18 @@ def test_credentials_redacted_from_httpx_logs(caplog: pytest.LogCaptureFixture) 
             "200",
         )
     assert "s3cret" not in caplog.text and "password=***" in caplog.text
+
+
+async def test_inbox_huge_next_sms_is_ignored_not_walked() -> None:
+    # A garbage next_sms (1e6 here; 1e9 hung the loop) must not cost O(gap) work or memory,
+    # nor move the cursor by the jump.
+    state = DriverState()
+    inbox = Inbox(state, "gw1", "mac", join_s=30)
+    await inbox.load("s1")
+    row = SmsRow(False, 1, 1, 100, "+7900", "", "hello")
+    inbox.take(SmsPage("s1", 10**6, [row]), 1)
+    assert len(inbox._finished) == 0
+    assert inbox.read_next == 2
+    [part] = inbox.parts(lambda p, s: "8970")
+    await inbox.acked(part.ack_token)  # type: ignore[arg-type]
+    assert inbox.cursor == 2 and await state.get("cursor:mac") == "s1 2"
