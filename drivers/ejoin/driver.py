@@ -351,6 +351,7 @@ class EjoinDriver(Driver):
     async def _poll_sms(self) -> None:
         client, inbox = self._require_client(), self._inbox
         assert inbox is not None
+        restarted = False
         for _ in range(1000):  # bounded: at most 100,000 rows per poll
             if inbox.unacked >= MAX_UNACKED:
                 break  # back-pressure: let the core commit and ack first
@@ -365,7 +366,15 @@ class EjoinDriver(Driver):
                     log.info("ejoin.reboot_seen", device=self.name, cursor=inbox.cursor)
                 if inbox.read_next != start:
                     continue
-            inbox.take(page, start)
+            if inbox.take(page, start, may_restart=not restarted):
+                restarted = True  # at most once per poll: a box that keeps doing it is read on
+                log.warning(
+                    "ejoin.numbering_reset",
+                    device=self.name,
+                    reason=f"next_sms {page.next_sms} is behind the cursor {start} with the"
+                    " same ssrc (inbox cleared?): reading again from row 1",
+                )
+                continue
             if len(page.rows) < SMS_PAGE:
                 break
         if any(self._inv.by_slot.get(k) is None for k in inbox.waiting_slots()):

@@ -14,7 +14,9 @@ same second are indistinguishable on this wire and count as one.)
 below ``sms_id`` of that boot was committed by the core (acked) or needs nothing (a delivery
 report, a malformed row).  It advances only contiguously over finished rows, never past one
 the core has not acked; an ack of a later row waits in memory.  When the box's ``ssrc`` is not
-the stored one (a reboot), reading restarts at 1 and the re-read rows are recognised by id.
+the stored one (a reboot), reading restarts at 1 and the re-read rows are recognised by id;
+so it does when the same ssrc answers a ``next_sms`` below the cursor (inbox cleared, a
+firmware that keeps its ssrc across a reboot).
 Rows are never deleted from the box (``sms_del`` is never used, section 10.3).  Row ids are
 ``next_sms - len(data) + k`` when the box gives ``next_sms`` (robust to a box that dropped its
 oldest rows) and that is not before ``sms_id``, else ``sms_id + k`` (research: "presumably",
@@ -86,6 +88,7 @@ class AckToken:
 
     ssrc: str
     ids: tuple[int, ...]
+    gen: int = 0  # the numbering within the boot (a restart at 1 with the same ssrc: +1)
 
 
 @dataclass(slots=True)
@@ -117,6 +120,8 @@ class Inbox:
         self._waiting: dict[int, _Waiting] = {}  # read, not yet emitted
         self._emitted: set[int] = set()  # emitted, not yet acked
         self._jump_logged = False
+        self._gen = 0  # bumped when the numbering restarts at 1 within one ssrc
+        self._saved: int | None = None  # the cursor value last persisted
 
     @property
     def unacked(self) -> int:
@@ -137,12 +142,26 @@ class Inbox:
         self._finished.clear()
         self._waiting.clear()
         self._emitted.clear()
+        self._saved = cursor
         if stored is None or not stored.startswith(f"{ssrc} "):
             await self._state.set(self._key, f"{ssrc} {cursor}")
 
-    def take(self, page: SmsPage, start: int) -> None:
-        """Record a page fetched with ``sms_id=start`` (the ssrc already adopted)."""
+    def take(self, page: SmsPage, start: int, may_restart: bool = True) -> bool:
+        """Record a page fetched with ``sms_id=start`` (the ssrc already adopted).
+
+        Returns True (and records nothing) when the box's numbering is behind the cursor: a
+        ``next_sms`` below ``start - 1`` with the same ssrc (its web inbox cleared, a firmware
+        that keeps the ssrc across a reboot).  Like an ssrc change, reading then restarts at
+        row 1 (content ids drop the repeats); the caller fetches again from ``read_next``.
+        ``next_sms`` 0 or below counts as absent."""
         count = len(page.rows)
+        if may_restart and page.next_sms is not None and 1 <= page.next_sms < start - 1:
+            self._gen += 1  # acks of the old numbering no longer name these rows
+            self.cursor = self.read_next = 1
+            self._finished.clear()
+            self._waiting.clear()
+            self._emitted.clear()
+            return True
         first = start
         if page.next_sms is not None and page.next_sms - count >= start:
             # Later than asked: the box dropped its oldest rows (store full).  A next_sms
@@ -171,6 +190,7 @@ class Inbox:
             else:
                 self._waiting[sms_id] = _Waiting(row, self._clock())
         self.read_next = max(self.read_next, first + count)
+        return False
 
     def parts(self, iccid_of: Callable[[int, int], str | None]) -> list[SmsPart]:
         """Parts ready to emit: single rows and closed runs, in the box's order."""
@@ -221,14 +241,14 @@ class Inbox:
             sent_at=datetime.fromtimestamp(first.epoch, UTC),
             encoding=Encoding.TEXT,
             raw=raw_of(iccid, first.sender, first.epoch, text),
-            ack_token=AckToken(self.ssrc, tuple(run)),
+            ack_token=AckToken(self.ssrc, tuple(run), self._gen),
             text=text,
         )
 
     async def acked(self, token: AckToken) -> None:
         """The core committed the part: finish its rows and advance the cursor if it can."""
-        if token.ssrc != self.ssrc:
-            return  # a part of an earlier boot: its rows were renumbered; re-read by content
+        if token.ssrc != self.ssrc or token.gen != self._gen:
+            return  # a part of an earlier boot or numbering: re-read by content
         for sms_id in token.ids:
             if sms_id in self._emitted:
                 self._emitted.discard(sms_id)
@@ -243,6 +263,6 @@ class Inbox:
         while cursor in self._finished:
             self._finished.discard(cursor)
             cursor += 1
-        if cursor != self.cursor:
-            self.cursor = cursor
+        if cursor != self._saved:
+            self.cursor = self._saved = cursor
             await self._state.set(self._key, f"{self.ssrc} {cursor}")

@@ -723,3 +723,26 @@ async def test_inbox_huge_next_sms_is_ignored_not_walked() -> None:
     [part] = inbox.parts(lambda p, s: "8970")
     await inbox.acked(part.ack_token)  # type: ignore[arg-type]
     assert inbox.cursor == 2 and await state.get("cursor:mac") == "s1 2"
+
+
+async def test_inbox_numbering_behind_cursor_restarts_at_one() -> None:
+    # Same ssrc, but the box's numbering is behind the stored cursor (web inbox cleared): the
+    # rows now numbered 1..3 must be read, not skipped until the box reaches the old cursor.
+    state = DriverState()
+    await state.set("cursor:mac", "s1 50")
+    inbox = Inbox(state, "gw1", "mac", join_s=30)
+    await inbox.load("s1")
+    rows: list[SmsRow | None] = [
+        SmsRow(False, 1, 1, 100 + i, "+7900", "", f"text {i}") for i in range(3)
+    ]
+    assert inbox.take(SmsPage("s1", 4, []), 50) is True
+    assert inbox.read_next == 1
+    stale = AckToken("s1", (1, 2, 3))  # a part of the old numbering
+    assert inbox.take(SmsPage("s1", 4, rows), inbox.read_next) is False
+    parts = inbox.parts(lambda p, s: "8970")
+    assert [p.text for p in parts] == ["text 0", "text 1", "text 2"]
+    await inbox.acked(stale)
+    assert inbox.cursor == 1
+    for p in parts:
+        await inbox.acked(p.ack_token)  # type: ignore[arg-type]
+    assert await state.get("cursor:mac") == "s1 4"
