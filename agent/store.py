@@ -320,6 +320,10 @@ class Salvage:
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
     sims: list[tuple[Any, ...]] = field(default_factory=list)
     driver_state: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Multipart parts waiting for siblings: acked to their SIMs already, so only here.
+    parts: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Commands with their outcome: a done one is not run again when the hub repeats it.
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -328,6 +332,8 @@ class Salvage:
             "dead_letters": len(self.dead_letters),
             "sims": len(self.sims),
             "driver_state": len(self.driver_state),
+            "parts": len(self.parts),
+            "commands": len(self.commands),
         }
 
 
@@ -384,9 +390,29 @@ def salvage(copy: Path) -> Salvage:
         cols = "device, key, value"
         state = _both_ends(db, errors, "driver_state", cols, ("device", "key"), (0, 1))
         out.driver_state = list(state.values())
+        # Schema 1 parts have no ``malformed``: read it as NULL there.
+        flag = "malformed" if _has_column(db, "parts", "malformed") else "NULL"
+        cols = f"{PART_COLUMNS}, {flag}"
+        out.parts = list(_both_ends(db, errors, "parts", cols, ("part_id",), (0,)).values())
+        cols = COMMAND_COLUMNS
+        out.commands = list(_both_ends(db, errors, "commands", cols, ("id",), (0,)).values())
     finally:
         db.close()
     return out
+
+
+PART_COLUMNS = (
+    "part_id, iccid, sender, ref_bits, ref, part_no, total, encoding, text, data, raw, sent_at,"
+    " flash, received_at"
+)
+COMMAND_COLUMNS = "id, type, sim_id, body, state, result, reported, received_at, finished_at"
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    try:
+        return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
+    except sqlite3.Error:
+        return False
 
 
 def _both_ends(
@@ -624,7 +650,8 @@ class Store:
 
     def restore(self, salvage: Salvage, *, now: float) -> None:
         """Put rows read from a damaged store into this (fresh) one: queued messages keep
-        their order and ids (the hub absorbs repeats), dead letters and desired state stay."""
+        their order and ids (the hub absorbs repeats); dead letters, desired state, driver
+        state, waiting multipart parts and commands with their outcomes stay."""
         with self._tx():
             self._db.executemany(
                 "INSERT OR IGNORE INTO outbox (id, iccid, body, stored_at) VALUES (?, ?, ?, ?)",
@@ -643,6 +670,15 @@ class Store:
             self._db.executemany(
                 "INSERT OR IGNORE INTO driver_state (device, key, value) VALUES (?, ?, ?)",
                 salvage.driver_state,
+            )
+            self._db.executemany(
+                f"INSERT OR IGNORE INTO parts ({PART_COLUMNS}, malformed)"
+                f" VALUES ({', '.join('?' * 15)})",
+                salvage.parts,
+            )
+            self._db.executemany(
+                f"INSERT OR IGNORE INTO commands ({COMMAND_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+                salvage.commands,
             )
 
     # -- intake and reassembly ------------------------------------------------------------

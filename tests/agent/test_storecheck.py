@@ -31,6 +31,10 @@ def queued_store(db: Path, n: int = 50) -> list[str]:
     )
     store.set_desired("89701012345678901234", enabled=False, now=T0)
     store.driver_state_set("bank1", "rotation", "3,1,2")
+    # Part 1 of 2 waits for its sibling: acked to its SIM already, it exists only here.
+    store.ingest([part("first half ", ref=7, no=1, total=2)], now=T0, reassembly_timeout_s=600)
+    store.command_start({"id": "c-9", "type": "disable", "sim_id": "8970"}, now=T0)
+    store.command_finish("c-9", {"ok": True, "state": "disabled"}, now=T0)
     store.close()
     assert not Path(f"{db}-wal").exists()
     return texts
@@ -138,9 +142,31 @@ def test_damaged_header_is_moved_aside_and_every_queued_row_salvaged(tmp_path: P
     opened = open_store(db, version="test")
     inc = opened.incident
     assert inc is not None and inc["reason"] == "the SQLite header is damaged"
-    assert inc["salvaged"] == {"outbox": 50, "dead_letters": 0, "sims": 1, "driver_state": 1}
+    assert inc["salvaged"] == {
+        "outbox": 50,
+        "dead_letters": 0,
+        "sims": 1,
+        "driver_state": 1,
+        "parts": 1,
+        "commands": 1,
+    }
     assert opened.store.driver_state_get("bank1", "rotation") == "3,1,2"
-    assert outbox_texts(opened.store) == texts  # same order, same ids
+    # The waiting part completes with its sibling; the done command is not run again.
+    done = opened.store.command("c-9")
+    assert (
+        done is not None
+        and done.state == "done"
+        and done.result
+        == {
+            "ok": True,
+            "state": "disabled",
+        }
+    )
+    got = opened.store.ingest(
+        [part("second half", ref=7, no=2, total=2)], now=T0, reassembly_timeout_s=600
+    )
+    assert got.messages == 1
+    assert outbox_texts(opened.store) == [*texts, "first half second half"]  # same order
     assert opened.store.sims()["89701012345678901234"].desired_enabled is False
     # The evidence is left exactly as found.
     assert Path(inc["moved_to"]).read_bytes() == damaged
