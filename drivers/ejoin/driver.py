@@ -157,6 +157,9 @@ class EjoinDriver(Driver):
             await client.aclose()
             if isinstance(exc, GatewayError | WireError | OSError):
                 raise DriverError(f"{self.name}: {exc}") from None
+            if isinstance(exc, Exception):  # unforeseen: still the contract's DriverError
+                log.error("ejoin.connect_failed", device=self.name, exc_info=exc)
+                raise DriverError(f"{self.name}: {type(exc).__name__}: {str(exc)[:200]}") from None
             raise
         self._client, self._push, self._status = client, push, status
         self.identity = {
@@ -211,7 +214,22 @@ class EjoinDriver(Driver):
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro, name=f"device:{self.name}:{what}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop ends only when cancelled; one that died of an unexpected exception must not
+        leave the device looking alive: log it, report the device down and end the event
+        stream, so the core's supervisor reconnects (close, then connect)."""
+        self._tasks.discard(task)
+        if task.cancelled() or (exc := task.exception()) is None or self._closed:
+            return
+        reason = f"{task.get_name()} loop failed: {type(exc).__name__}: {str(exc)[:200]}"
+        log.error("ejoin.loop_failed", device=self.name, reason=reason, exc_info=exc)
+        self._up.clear()
+        self._down_reason = reason
+        self._emit(DeviceDown(reason))
+        self._closed = True
+        self._queue.put_nowait(None)
 
     @property
     def push_port(self) -> int | None:

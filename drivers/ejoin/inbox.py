@@ -82,6 +82,12 @@ def raw_of(iccid: str, sender: str, epoch: int, text: str) -> bytes:
     ).encode()
 
 
+def sent_at(epoch: int) -> datetime | None:
+    """The box's epoch as a time, or None (unknown) outside 0 .. 2**32 (a box that counts
+    milliseconds would otherwise raise); ``raw`` keeps the epoch as given, so ids are stable."""
+    return datetime.fromtimestamp(epoch, UTC) if 0 <= epoch < 2**32 else None
+
+
 @dataclass(frozen=True, slots=True)
 class AckToken:
     """The rows (of boot ``ssrc``) one emitted part stands for."""
@@ -238,7 +244,7 @@ class Inbox:
             port=f"{self._device}/{port}",
             iccid=iccid,
             sender=first.sender,
-            sent_at=datetime.fromtimestamp(first.epoch, UTC),
+            sent_at=sent_at(first.epoch),
             encoding=Encoding.TEXT,
             raw=raw_of(iccid, first.sender, first.epoch, text),
             ack_token=AckToken(self.ssrc, tuple(run), self._gen),

@@ -15,22 +15,26 @@ Owns the tolerant reading of every shape research/gateways.md documents and noth
 * SMS rows ``[is_report, port, epoch, sender, recipient, base64]`` (section 1.4).
 
 A malformed element is skipped (or kept as ``None`` where its position matters), never fatal:
-a box's answer is hostile input.
+a box's answer is hostile input.  Integers longer than 18 digits count as absent, and whatever
+else a parser cannot read raises :class:`WireError`, never a raw exception.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 _NUMBER_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 _PORT_DOT_RE = re.compile(r"^\s*(\d{1,3})\.(\d{1,2})\s*$")
 _PORT_LETTER_RE = re.compile(r"^\s*(\d{1,3})([A-Za-z])\s*$")
 _PORT_BARE_RE = re.compile(r"^\s*(\d{1,3})\s*$")
 _LEADING_INT_RE = re.compile(r"^\s*(-?\d+)")
+_MAX_DIGITS = 18  # longer integers are garbage (and int() of >4300 digits raises)
 
 #: st codes in which the active SIM is on the network (section 1.3: 3 registered, 4 in a call,
 #: 5 registered with a balance alarm).
@@ -40,6 +44,25 @@ USER_LOCKED_ST = 12
 
 class WireError(ValueError):
     """A document is unusable as a whole (not an object, no status list)."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _wire_errors(parse: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Anything a parser did not foresee in a hostile answer becomes a :class:`WireError`."""
+
+    @functools.wraps(parse)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return parse(*args, **kwargs)
+        except WireError:
+            raise
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError, RecursionError) as exc:
+            raise WireError(f"malformed answer ({type(exc).__name__})") from None
+
+    return wrapper
 
 
 def parse_port(value: Any) -> tuple[int, int] | None:
@@ -75,9 +98,10 @@ def leading_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if abs(value) < 10**_MAX_DIGITS else None
     if isinstance(value, str) and (m := _LEADING_INT_RE.match(value)):
-        return int(m[1])
+        digits = m[1].lstrip("-")
+        return int(m[1]) if len(digits) <= _MAX_DIGITS else None
     return None
 
 
@@ -138,11 +162,12 @@ def _signal(value: Any) -> int | None:
 def _balance(value: Any) -> float | None:
     try:
         amount = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return amount if amount == amount and abs(amount) < 1e9 else None  # not NaN, sane
 
 
+@_wire_errors
 def parse_status(doc: Any) -> DevStatus:
     """A ``dev-status`` document (``goip_get_status.html?all_slots=1``)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("status"), list):
@@ -226,11 +251,15 @@ def parse_sms_row(row: Any) -> SmsRow | None:
     epoch = leading_int(row[2])
     if is_report is None or where is None or epoch is None:
         return None
-    sender, recipient, content = (v if isinstance(v, str) else str(v) for v in row[3:6])
+    try:  # str() of a >4300-digit integer raises
+        sender, recipient, content = (v if isinstance(v, str) else str(v) for v in row[3:6])
+    except ValueError:
+        return None
     text = content if is_report else _decode_content(content)
     return SmsRow(bool(is_report), where[0], where[1], epoch, sender, recipient, text)
 
 
+@_wire_errors
 def parse_sms_page(doc: Any) -> SmsPage:
     """A ``goip_get_sms.html`` answer."""
     if not isinstance(doc, dict):
@@ -267,6 +296,7 @@ class EsimPort:
     profiles: dict[int, Profile]
 
 
+@_wire_errors
 def parse_esims(doc: Any) -> dict[int, EsimPort]:
     """A ``goip_get_esims.html`` answer (section 1.8); ports without an eUICC are absent."""
     if not isinstance(doc, dict):
@@ -297,6 +327,7 @@ def parse_esims(doc: Any) -> dict[int, EsimPort]:
     return out
 
 
+@_wire_errors
 def check_reply(doc: Any, what: str) -> None:
     """A command reply: ``code`` 200, or 0 (``op=set``, AT) means done (section 1.2); anything
     else raises :class:`WireError` with the box's reason."""

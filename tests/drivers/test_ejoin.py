@@ -32,9 +32,17 @@ from drivers.base import (
 from drivers.ejoin import probe
 from drivers.ejoin.config import EjoinConfig
 from drivers.ejoin.driver import EjoinDriver
-from drivers.ejoin.inbox import AckToken, Inbox, is_full_part, raw_of
+from drivers.ejoin.inbox import AckToken, Inbox, is_full_part, raw_of, sent_at
 from drivers.ejoin.rotation import Candidate, Rotation
-from drivers.ejoin.wire import SmsPage, SmsRow, leading_int, parse_port, parse_status
+from drivers.ejoin.wire import (
+    SmsPage,
+    SmsRow,
+    WireError,
+    leading_int,
+    parse_port,
+    parse_sms_page,
+    parse_status,
+)
 from tests.gateways.ejoin.model import Box
 from tests.gateways.ejoin.server import EjoinEmulator
 
@@ -746,3 +754,68 @@ async def test_inbox_numbering_behind_cursor_restarts_at_one() -> None:
     for p in parts:
         await inbox.acked(p.ack_token)  # type: ignore[arg-type]
     assert await state.get("cursor:mac") == "s1 4"
+
+
+def test_wire_hostile_numbers_never_raise_raw() -> None:
+    # A 5000-digit st (int() raises ValueError), "bal": 10**400 (float() raises OverflowError).
+    doc = {"status": [{"port": "1.01", "st": "9" * 5000, "bal": 10**400, "iccid": "8970"}]}
+    status = parse_status(doc)
+    assert status.slots[0].st is None and status.slots[0].balance is None
+    assert leading_int("9" * 19) is None and leading_int(10**30) is None
+    assert leading_int("123456789012345678 x") == 123456789012345678
+    # Whatever else a parser cannot read is a WireError, never a raw exception.
+    page = parse_sms_page({"code": 0, "ssrc": "s", "data": [[0, "1.01", 1, 10**5000, "", ""]]})
+    assert page.rows == [None]  # a malformed row keeps its position
+
+    class Evil(dict[str, Any]):
+        def get(self, *_a: Any) -> Any:
+            raise TypeError("unforeseen")
+
+    with pytest.raises(WireError, match="malformed answer"):
+        parse_status(Evil())
+    assert sent_at(1466506477000) is None and sent_at(1466506477) is not None
+
+
+async def test_millisecond_epoch_delivered_without_time(tmp_path: Path) -> None:
+    # An epoch in milliseconds (year 48441) killed the SMS loop silently before.
+    box = Box(ports=1, slots=1, register_s=0)
+    async with rig(tmp_path, box) as r:
+        await registered(r)
+        box.send_sms(r.iccid(1, 1), "+7900", "ms epoch", at=1466506477000)
+        part = await r.pump.next(SmsPart)
+        assert part.text == "ms epoch" and part.sent_at is None
+        assert raw_of(r.iccid(1, 1), "+7900", 1466506477000, "ms epoch") == part.raw
+        await r.driver.ack(part.ack_token)
+        box.send_sms(r.iccid(1, 1), "+7900", "next", at=2000)
+        assert (await r.pump.next(SmsPart)).text == "next"
+
+
+async def test_loop_dying_unexpectedly_ends_the_stream(tmp_path: Path) -> None:
+    box = Box(ports=1, slots=1, register_s=0)
+    async with rig(tmp_path, box) as r:
+        await registered(r)
+        inbox = r.driver._inbox
+        assert inbox is not None
+
+        def boom(_iccid_of: Any) -> list[SmsPart]:
+            raise RuntimeError("unforeseen")
+
+        inbox.parts = boom  # type: ignore[method-assign]
+        r.driver._wake.set()
+        down = await r.pump.next(DeviceDown)
+        assert "sms loop failed: RuntimeError: unforeseen" in down.reason
+        await until(lambda: r.pump._task.done())  # the event stream ended (core reconnects)
+
+
+async def test_connect_unforeseen_error_is_a_driver_error(tmp_path: Path) -> None:
+    box = Box(ports=1, slots=1)
+    async with EjoinEmulator(box) as emu:
+        d = make_driver(emu.url, tmp_path, DriverState())
+
+        async def broken() -> None:
+            raise RuntimeError("rotation state unreadable")
+
+        d._rotation.load = broken  # type: ignore[method-assign]
+        with pytest.raises(DriverError, match="RuntimeError: rotation state unreadable"):
+            await d.connect()
+        await d.close()
