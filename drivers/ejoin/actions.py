@@ -43,11 +43,12 @@ async def send_at(client: EjoinClient, port: int, command: str, what: str) -> st
     code = leading_int(doc.get("code"))
     resp = doc.get("resp")
     if code not in (0, 200) or not isinstance(resp, str):
-        reason = doc.get("reason") if isinstance(doc.get("reason"), str) else f"code {code}"
+        reason = client.reason(doc.get("reason")) or f"code {code}"
         raise CommandError(f"{what} refused by the gateway: {reason}")
     lines = [ln.strip() for ln in resp.splitlines() if ln.strip()]
     if any("ERROR" in ln for ln in lines) or "OK" not in lines:
-        raise CommandError(f"{what} refused by the gateway: {' '.join(lines)[:200] or 'no answer'}")
+        reason = client.reason(" ".join(lines)) or "no answer"
+        raise CommandError(f"{what} refused by the gateway: {reason}")
     return resp
 
 
@@ -97,14 +98,14 @@ async def esim_run(
         raise CommandError(f"{what}: {exc}") from None
     code = leading_int(doc.get("code")) if isinstance(doc, dict) else None
     if code not in (0, 200):
-        reason = doc.get("reason") if isinstance(doc, dict) else None
+        reason = client.reason(doc.get("reason")) if isinstance(doc, dict) else None
         raise CommandError(f"{what} refused by the gateway: {reason or f'code {code}'}")
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
     while time.monotonic() < deadline:
         await asyncio.sleep(ESIM_POLL_S)
         try:
-            ports = parse_esims(await client.get("goip_get_esims.html", ports="all"))
+            ports = parse_esims(await client.get("goip_get_esims.html", ports="all"), client.reason)
         except (GatewayError, WireError) as exc:
             last_error = str(exc)  # the box may be busy with the SM-DP+; keep following
             continue

@@ -31,6 +31,21 @@ MAX_BODY = 4 * 1024 * 1024
 _SECRET_RE = re.compile(r"(password=)[^&\s'\"]*", re.IGNORECASE)
 
 
+#: A reason the box supplies is cut to this many characters for errors and logs.
+REASON_MAX = 200
+
+
+def box_reason(value: Any, password: str = "") -> str:
+    """A reason the box supplied (hostile text), fit for a CommandError or a log: a string
+    only, ``password=`` values and the password itself scrubbed, at most :data:`REASON_MAX`
+    characters."""
+    text = value.strip() if isinstance(value, str) else ""
+    text = _SECRET_RE.sub(r"\1***", text)
+    if password:
+        text = text.replace(password, "***")
+    return text[:REASON_MAX]
+
+
 class GatewayError(DriverError):
     """The box did not give a usable answer; ``str()`` is the reason (no credentials)."""
 
@@ -76,6 +91,10 @@ class EjoinClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def reason(self, value: Any) -> str:
+        """:func:`box_reason` with this client's password."""
+        return box_reason(value, self._password)
 
     def _scrub(self, text: str) -> str:
         text = _SECRET_RE.sub(r"\1***", text)

@@ -159,7 +159,8 @@ class EjoinDriver(Driver):
                 raise DriverError(f"{self.name}: {exc}") from None
             if isinstance(exc, Exception):  # unforeseen: still the contract's DriverError
                 log.error("ejoin.connect_failed", device=self.name, exc_info=exc)
-                raise DriverError(f"{self.name}: {type(exc).__name__}: {str(exc)[:200]}") from None
+                reason = client.reason(f"{type(exc).__name__}: {exc}")
+                raise DriverError(f"{self.name}: {reason}") from None
             raise
         self._client, self._push, self._status = client, push, status
         self.identity = {
@@ -266,7 +267,7 @@ class EjoinDriver(Driver):
         if not probe and not self._has_esim:
             return {}
         try:
-            esims = parse_esims(await client.get("goip_get_esims.html", ports="all"))
+            esims = parse_esims(await client.get("goip_get_esims.html", ports="all"), client.reason)
         except GatewayError as exc:
             if exc.auth or not probe:
                 raise
@@ -375,7 +376,8 @@ class EjoinDriver(Driver):
                 break  # back-pressure: let the core commit and ack first
             start = inbox.read_next
             page = parse_sms_page(
-                await client.get("goip_get_sms.html", sms_id=start, sms_num=SMS_PAGE, sms_del=0)
+                await client.get("goip_get_sms.html", sms_id=start, sms_num=SMS_PAGE, sms_del=0),
+                client.reason,
             )
             if page.ssrc != inbox.ssrc:
                 old = inbox.ssrc
@@ -419,7 +421,7 @@ class EjoinDriver(Driver):
     async def _command(self, op: str, ports: str) -> None:
         client = self._require_client()
         doc = await client.post("goip_send_cmd.html", {"type": "command", "op": op, "ports": ports})
-        check_reply(doc, f"{op} {ports}")
+        check_reply(doc, f"{op} {ports}", client.reason)
 
     async def _run(self, op: str, ports: str) -> None:
         """A command for an action: box failures become the command's reason."""
@@ -500,9 +502,8 @@ class EjoinDriver(Driver):
 
     async def _esim_port(self, port: int) -> EsimPort:
         try:
-            esims = parse_esims(
-                await self._require_client().get("goip_get_esims.html", ports="all")
-            )
+            client = self._require_client()
+            esims = parse_esims(await client.get("goip_get_esims.html", ports="all"), client.reason)
         except (GatewayError, WireError) as exc:
             raise CommandError(f"eSIM: {exc}") from None
         ep = esims.get(port)

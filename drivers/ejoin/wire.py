@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from drivers.ejoin.client import box_reason
+
 _NUMBER_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 _PORT_DOT_RE = re.compile(r"^\s*(\d{1,3})\.(\d{1,2})\s*$")
 _PORT_LETTER_RE = re.compile(r"^\s*(\d{1,3})([A-Za-z])\s*$")
@@ -260,13 +262,14 @@ def parse_sms_row(row: Any) -> SmsRow | None:
 
 
 @_wire_errors
-def parse_sms_page(doc: Any) -> SmsPage:
-    """A ``goip_get_sms.html`` answer."""
+def parse_sms_page(doc: Any, reason: Callable[[Any], str] = box_reason) -> SmsPage:
+    """A ``goip_get_sms.html`` answer; ``reason`` makes the box's reason text safe (the
+    client's :meth:`~drivers.ejoin.client.EjoinClient.reason`)."""
     if not isinstance(doc, dict):
         raise WireError("SMS answer is not an object")
     code = leading_int(doc.get("code"))
     if code not in (0, 200):
-        raise WireError(f"SMS read refused: {_text(doc.get('reason')) or f'code {code}'}")
+        raise WireError(f"SMS read refused: {reason(doc.get('reason')) or f'code {code}'}")
     ssrc = doc.get("ssrc")
     if not isinstance(ssrc, str | int) or isinstance(ssrc, bool) or not str(ssrc).strip():
         raise WireError("SMS answer has no 'ssrc'")
@@ -297,13 +300,13 @@ class EsimPort:
 
 
 @_wire_errors
-def parse_esims(doc: Any) -> dict[int, EsimPort]:
+def parse_esims(doc: Any, reason: Callable[[Any], str] = box_reason) -> dict[int, EsimPort]:
     """A ``goip_get_esims.html`` answer (section 1.8); ports without an eUICC are absent."""
     if not isinstance(doc, dict):
         raise WireError("eSIM answer is not an object")
     code = leading_int(doc.get("code"))
     if code not in (0, 200):
-        raise WireError(f"eSIM query refused: {_text(doc.get('reason')) or f'code {code}'}")
+        raise WireError(f"eSIM query refused: {reason(doc.get('reason')) or f'code {code}'}")
     out: dict[int, EsimPort] = {}
     ports = doc.get("ports")
     for p in ports if isinstance(ports, list) else []:
@@ -321,14 +324,14 @@ def parse_esims(doc: Any) -> dict[int, EsimPort]:
                 enabled=_flag(pr, "enabled", False),
                 op=leading_int(pr.get("op")) or 0,
                 status=leading_int(pr.get("status")) or 0,
-                reason=_text(pr.get("reason")),
+                reason=reason(pr.get("reason")),
             )
         out[port] = EsimPort(port, _text(p.get("eid")) or None, profiles)
     return out
 
 
 @_wire_errors
-def check_reply(doc: Any, what: str) -> None:
+def check_reply(doc: Any, what: str, reason: Callable[[Any], str] = box_reason) -> None:
     """A command reply: ``code`` 200, or 0 (``op=set``, AT) means done (section 1.2); anything
     else raises :class:`WireError` with the box's reason."""
     if not isinstance(doc, dict):
@@ -336,5 +339,5 @@ def check_reply(doc: Any, what: str) -> None:
     code = leading_int(doc.get("code"))
     if code in (0, 200):
         return
-    reason = _text(doc.get("reason")) or _text(doc.get("desc")) or f"code {code}"
-    raise WireError(f"{what} refused by the gateway: {reason}")
+    why = reason(doc.get("reason")) or reason(doc.get("desc")) or f"code {code}"
+    raise WireError(f"{what} refused by the gateway: {why}")

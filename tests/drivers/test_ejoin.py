@@ -38,6 +38,7 @@ from drivers.ejoin.wire import (
     SmsPage,
     SmsRow,
     WireError,
+    check_reply,
     leading_int,
     parse_port,
     parse_sms_page,
@@ -819,3 +820,19 @@ async def test_connect_unforeseen_error_is_a_driver_error(tmp_path: Path) -> Non
         with pytest.raises(DriverError, match="RuntimeError: rotation state unreadable"):
             await d.connect()
         await d.close()
+
+
+async def test_box_reasons_scrubbed_and_bounded(tmp_path: Path) -> None:
+    # A reason the box supplies reaches CommandError scrubbed of the password (the rig's is
+    # "admin") and cut to 200 characters.
+    box = Box(ports=2, slots=4, esim_ports=1, esim_profiles=1, esim_step_s=0.1, register_s=0)
+    async with rig(tmp_path, box) as r:
+        box.faults.esim_fail = "echo password=admin&x admin " + "y" * 5000
+        with pytest.raises(CommandError) as info:
+            await r.driver.esim_download("gw1/2", "LPA:1$smdp.example$BAD", None)
+        msg = str(info.value)
+        assert "admin" not in msg and "password=***" in msg and "y" * 150 in msg
+        assert len(msg) < 300
+    with pytest.raises(WireError) as refused:
+        check_reply({"code": 5, "reason": "password=pw1 " + "z" * 1000}, "lock 1A")
+    assert "pw1" not in str(refused.value) and len(str(refused.value)) < 260
