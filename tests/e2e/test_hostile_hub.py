@@ -93,7 +93,10 @@ def test_unreadable_answers_on_both_endpoints(
     pid), its peak RSS stays under 200 MB, each endpoint sees at most ~1.5 requests a second
     (backoff, cap 2 s), and /status names the reason for each endpoint; then the hub behaves
     and everything is delivered once."""
-    front, hub, agent = start(make_hub, make_agent)
+    # The retry delays are drawn with full jitter (unseeded, in the agent process): a cap of
+    # 10 s makes more than 1.5 requests/s over the window practically impossible (about one
+    # run in a million), where the 2-s cap of the other tests failed one CI run.
+    front, hub, agent = start(make_hub, make_agent, backoff_max_s=10)
     pid = agent.pid
     front.set(messages=mode, commands=mode)
     t0 = time.time()
