@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -44,7 +43,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from drivers.simulated import SimNetwork  # noqa: E402
 from tests.bench.common import (  # noqa: E402
     cpu_seconds,
+    forwarded_latencies,
     free_port,
     machine,
     percentile,
@@ -292,19 +291,6 @@ network = "{self.dir / "simnet.db"}"
             raise SystemExit(f"{len(after)} of {len(run.sent)} SMS of {run.prefix} at the hub")
         return after, total
 
-    def forwarded_latencies(self, since: float, until: float) -> list[float]:
-        """The agent's own share: ``latency_ms`` (stored → accepted) of its "forwarded" lines."""
-        out = []
-        for line in (self.dir / "agent.log").read_text(errors="replace").splitlines():
-            if '"forwarded"' not in line:
-                continue
-            with contextlib.suppress(ValueError, KeyError):
-                rec = json.loads(line)
-                ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-                if since <= ts <= until and rec.get("latency_ms") is not None:
-                    out.append(float(rec["latency_ms"]))
-        return out
-
     def add(self, *row: str) -> None:
         self.results.append((row[0], row[1], row[2], row[3] if len(row) > 3 else ""))
 
@@ -325,7 +311,9 @@ network = "{self.dir / "simnet.db"}"
             "from before SimNetwork.send",
             f"p50 {percentile(total, 50):.1f} ms, p99 {percentile(total, 99):.1f} ms",
         )
-        own = self.forwarded_latencies(run.wall0, run.wall0 + run.window + run.drain + 1)
+        own = forwarded_latencies(
+            self.dir / "agent.log", run.wall0, run.wall0 + run.window + run.drain + 1
+        )
         if own:
             self.add(
                 "",

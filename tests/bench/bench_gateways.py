@@ -77,6 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.bench.common import (  # noqa: E402
     cpu_seconds,
+    forwarded_latencies,
     free_port,
     machine_line,
     percentile,
@@ -519,19 +520,6 @@ lines = [{lines}]
             await asyncio.gather(*tasks)
         return sent, errors, late
 
-    def forwarded(self, since: float, until: float) -> list[float]:
-        """The agent's own share: ``latency_ms`` (stored → accepted) of its "forwarded" lines."""
-        out = []
-        for line in (self.dir / "agent.log").read_text(errors="replace").splitlines():
-            if '"forwarded"' not in line:
-                continue
-            with contextlib.suppress(ValueError, KeyError):
-                rec = json.loads(line)
-                ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-                if since <= ts <= until and rec.get("latency_ms") is not None:
-                    out.append(float(rec["latency_ms"]))
-        return out
-
     def load(self) -> None:
         a = self.args
         count = int(a.rate * a.duration)
@@ -606,7 +594,7 @@ lines = [{lines}]
             accepted_per_s = len(firsts) / (last - first)
         else:
             accepted_per_s = 0.0
-        own = self.forwarded(wall0, time.time() + 1)
+        own = forwarded_latencies(self.dir / "agent.log", wall0, time.time() + 1)
         self.out(
             "    accepted (first injected → last accepted)",
             f"{accepted_per_s:.1f} SMS/s ({len(firsts)} of {len(sent)}; "

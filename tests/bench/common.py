@@ -7,12 +7,14 @@ measure the same way.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -104,3 +106,18 @@ def spawn(argv: Sequence[str], log_path: Path, cwd: Path) -> subprocess.Popen[by
             cwd=cwd,
             start_new_session=True,
         )
+
+
+def forwarded_latencies(log_path: Path, since: float, until: float) -> list[float]:
+    """The agent's own share of the latency: ``latency_ms`` (stored → hub accepted) of the
+    "forwarded" lines of its JSON log between ``since`` and ``until`` (Unix times)."""
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"forwarded"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            rec = json.loads(line)
+            ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+            if since <= ts <= until and rec.get("latency_ms") is not None:
+                out.append(float(rec["latency_ms"]))
+    return out
