@@ -31,6 +31,7 @@ Sims are identified by ICCID everywhere; ``port`` and ``slot`` are only where a 
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,35 @@ class DeviceStat:
 
 
 Event = SimPresent | SimGone | SmsPart | DeviceUp | DeviceDown | DeviceStat
+
+
+class EventStream:
+    """The usual shape of :meth:`Driver.events`: events put by a driver's callbacks and
+    tasks, in order, one stream per connection.  ``end()`` (from ``close()``, idempotent)
+    ends the iterator of the current connection; ``open()`` (from ``connect()``) starts a
+    new one after an end, while the old iterator keeps its own queue and end marker."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.ended = False
+
+    def open(self) -> None:
+        if self.ended:
+            self._queue = asyncio.Queue()
+            self.ended = False
+
+    def put(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._queue.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[Event]:
+        queue = self._queue
+        while (item := await queue.get()) is not None:
+            yield item
 
 
 @dataclass(frozen=True, slots=True)

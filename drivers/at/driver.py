@@ -34,6 +34,7 @@ from drivers.base import (
     DriverContext,
     DriverError,
     Event,
+    EventStream,
     SimInfo,
 )
 
@@ -84,18 +85,15 @@ class AtDriver(Driver):
     def __init__(self, config: AtConfig, context: DriverContext) -> None:
         super().__init__(config, context)
         self.config: AtConfig = config
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()  # None: closed
+        self._stream = EventStream()
         self._ports: dict[str, PortSupervisor] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._device_up = False
-        self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def connect(self) -> None:
-        if self._closed:  # a reconnect after close(): the old iterator got its end marker
-            self._queue = asyncio.Queue()
-            self._closed = False
+        self._stream.open()
         cfg = self.config
         supervisors = [
             PortSupervisor(
@@ -150,20 +148,13 @@ class AtDriver(Driver):
         for supervisor in ports.values():
             with contextlib.suppress(Exception):
                 await supervisor.shutdown()
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(None)
+        self._stream.end()
 
-    async def events(self) -> AsyncIterator[Event]:
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            yield item
+    def events(self) -> AsyncIterator[Event]:
+        return self._stream.events()
 
     def _emit(self, event: Event) -> None:
-        self._queue.put_nowait(event)
+        self._stream.put(event)
 
     def _port_up_changed(self, _supervisor: PortBase) -> None:
         any_up = any(s.up for s in self._ports.values())

@@ -49,6 +49,7 @@ from drivers.base import (
     DriverContext,
     DriverError,
     Event,
+    EventStream,
     SimInfo,
     SimKind,
     SimPresent,
@@ -113,7 +114,7 @@ class EjoinDriver(Driver):
     def __init__(self, config: EjoinConfig, context: DriverContext) -> None:
         super().__init__(config, context)
         self.config: EjoinConfig = config
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._stream = EventStream()
         self._client: EjoinClient | None = None
         self._push: PushListener | None = None
         self._inbox: Inbox | None = None
@@ -128,16 +129,13 @@ class EjoinDriver(Driver):
         self._refresh_lock = asyncio.Lock()
         self._has_esim = False
         self._status: DevStatus | None = None
-        self._closed = False
         self.mac: str | None = None
         self.identity: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
     async def connect(self) -> None:
-        if self._closed:
-            self._queue = asyncio.Queue()
-            self._closed = False
+        self._stream.open()
         cfg = self.config
         client = EjoinClient(cfg.url, cfg.username, cfg.password_value(), cfg.timeout_s)
         push: PushListener | None = None
@@ -197,20 +195,13 @@ class EjoinDriver(Driver):
                 await self._client.aclose()
             self._client = None
         self._up.clear()
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(None)
+        self._stream.end()
 
-    async def events(self) -> AsyncIterator[Event]:
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            yield item
+    def events(self) -> AsyncIterator[Event]:
+        return self._stream.events()
 
     def _emit(self, event: Event) -> None:
-        self._queue.put_nowait(event)
+        self._stream.put(event)
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro, name=f"device:{self.name}:{what}")
@@ -222,15 +213,14 @@ class EjoinDriver(Driver):
         leave the device looking alive: log it, report the device down and end the event
         stream, so the core's supervisor reconnects (close, then connect)."""
         self._tasks.discard(task)
-        if task.cancelled() or (exc := task.exception()) is None or self._closed:
+        if task.cancelled() or (exc := task.exception()) is None or self._stream.ended:
             return
         reason = f"{task.get_name()} loop failed: {type(exc).__name__}: {str(exc)[:200]}"
         log.error("ejoin.loop_failed", device=self.name, reason=reason, exc_info=exc)
         self._up.clear()
         self._down_reason = reason
         self._emit(DeviceDown(reason))
-        self._closed = True
-        self._queue.put_nowait(None)
+        self._stream.end()
 
     @property
     def push_port(self) -> int | None:

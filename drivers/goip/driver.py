@@ -83,6 +83,7 @@ from drivers.base import (
     DriverError,
     Encoding,
     Event,
+    EventStream,
     SimGone,
     SimInfo,
     SimPresent,
@@ -150,7 +151,7 @@ class GoipDriver(Driver):
             for c in config.lines
         }
         self._by_port = {line.port: line for line in self._lines.values()}
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._stream = EventStream()
         self._transport: asyncio.DatagramTransport | None = None
         self._endpoint: _Endpoint | None = None
         self._commands = Commands(self._sendto)
@@ -162,7 +163,6 @@ class GoipDriver(Driver):
         self._dropped = 0
         self._dropped_reported = 0
         self._noise_logged = -NOISE_LOG_S
-        self._closed = True
         self._device_up = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -186,9 +186,8 @@ class GoipDriver(Driver):
             # Room for a burst (every line's keepalive at once, a garbage flood) so a real
             # datagram is not dropped in the kernel before we could read it.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._queue = asyncio.Queue()
+        self._stream.open()
         self._commands = Commands(self._sendto)
-        self._closed = False
         self._device_up = True
         self._watchdog = asyncio.create_task(self._watch(), name=f"device:{self.name}:goip")
         bound = transport.get_extra_info("sockname")
@@ -217,9 +216,7 @@ class GoipDriver(Driver):
             line.online, line.info, line.last_seen, line.last_count = False, None, None, None
             line.gaps.clear()
         self._queued = 0
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(None)
+        self._stream.end()
 
     @property
     def bound(self) -> tuple[str, int] | None:
@@ -230,17 +227,13 @@ class GoipDriver(Driver):
         return str(host), int(port)
 
     async def events(self) -> AsyncIterator[Event]:
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
+        async for item in self._stream.events():
             if isinstance(item, SmsPart):
                 self._queued = max(0, self._queued - 1)
             yield item
 
     def _emit(self, event: Event) -> None:
-        self._queue.put_nowait(event)
+        self._stream.put(event)
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._transport is not None:
