@@ -76,26 +76,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.emulator.sim import luhn_digit
+
 #: The vendor's example recvid (A.1); each boot of each line starts its own sequence above it.
 RECVID_BASE = 1_270_197_307
-
-
-def _luhn(digits: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return str((10 - total % 10) % 10)
 
 
 def identity(seed: int, index: int) -> tuple[str, str, str, str]:
     """Deterministic (ICCID, IMSI, IMEI, number) of line ``index`` for ``seed``."""
     h = int(hashlib.sha256(f"goip:{seed}:{index}".encode()).hexdigest()[:15], 16)
     body = f"897010{h % 10**6:06d}{index:06d}"
-    iccid = body + _luhn(body)
+    iccid = body + luhn_digit(body)
     imsi = f"25001{h % 10**4:04d}{index:06d}"
     imei_body = f"86{h % 10**6:06d}{index:06d}"
-    imei = imei_body + _luhn(imei_body)
+    imei = imei_body + luhn_digit(imei_body)
     number = f"+79{h % 100:02d}{index:07d}"
     return iccid, imsi, imei, number
 

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from tests.gateways.ejoin.model import Box, luhn, split_long
+from tests.emulator.sim import luhn_digit
+from tests.gateways.ejoin.model import Box, split_long
 from tests.gateways.ejoin.server import EjoinEmulator, _Listener
 
 CREDS: dict[str, str | int] = {"username": "root", "password": "admin"}
@@ -40,7 +41,7 @@ def test_identities_deterministic_distinct_and_valid() -> None:
     assert a.mac == b.mac and a.ssrc == b.ssrc
     assert Box(seed=8).sims() != Box(seed=7).sims()
     for iccid in a.sims():
-        assert iccid[-1] == luhn(iccid[:-1]) and 19 <= len(iccid) <= 20
+        assert iccid[-1] == luhn_digit(iccid[:-1]) and 19 <= len(iccid) <= 20
     numbers = {a.port_table[p].slots[s].sim.number for p, s in a.sims().values()}  # type: ignore[union-attr]
     assert len(numbers) == 128
     assert all(n.startswith(("+79", "+77")) and len(n) == 12 for n in numbers)

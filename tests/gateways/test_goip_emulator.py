@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateways.goip import GoipEmulator, Settings, _luhn, identity
+from tests.emulator.sim import luhn_digit
+from tests.gateways.goip import GoipEmulator, Settings, identity
 
 
 class Server(asyncio.DatagramProtocol):
@@ -75,8 +76,8 @@ def test_identities_are_deterministic_and_valid() -> None:
     assert ids == [identity(7, i) for i in range(64)]
     assert len({i[0] for i in ids}) == len({i[3] for i in ids}) == 64
     for iccid, imsi, imei, number in ids:
-        assert len(iccid) == 19 and iccid[-1] == _luhn(iccid[:-1])
-        assert len(imei) == 15 and imei[-1] == _luhn(imei[:-1])
+        assert len(iccid) == 19 and iccid[-1] == luhn_digit(iccid[:-1])
+        assert len(imei) == 15 and imei[-1] == luhn_digit(imei[:-1])
         assert imsi.startswith("25001") and len(imsi) == 15
         assert number.startswith("+79") and len(number) == 12
     assert identity(8, 0) != ids[0]

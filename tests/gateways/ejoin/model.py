@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tests.emulator.sim import luhn_digit
+
 #: st codes (research section 1.3) and their texts, for firmware that answers "3 Registered".
 ST_TEXT: dict[int, str] = {
     0: "No SIM",
@@ -59,17 +61,6 @@ COUNTRIES: dict[str, tuple[str, str, str, str]] = {
     "RU": ("25001", "79", "MTS", "8970101"),
     "KZ": ("40102", "77", "Kcell", "8999702"),
 }
-
-
-def luhn(digits: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            d -= 9 if d > 9 else 0
-        total += d
-    return str((10 - total % 10) % 10)
 
 
 def _h(*parts: object) -> int:
@@ -213,7 +204,7 @@ class Box:
         first_esim = self.ports - self.esim_ports + 1
         for p in range(1, self.ports + 1):
             imei = f"86203204{_h(self.seed, 'imei', p) % 10**6:06d}"
-            imei += luhn(imei)
+            imei += luhn_digit(imei)
             slots: dict[int, Slot] = {}
             esim = p >= first_esim
             for s in range(1, self.slots + 1):
@@ -239,7 +230,7 @@ class Box:
         n = _h(self.seed, port, slot, esim, salt)
         body = f"{issuer}{n % 10**11:011d}"
         return Sim(
-            iccid=body + luhn(body),
+            iccid=body + luhn_digit(body),
             imsi=f"{mcc_mnc}{n % 10**10:010d}",
             number=f"+{prefix}{n % 10**9:09d}",
             mcc_mnc=mcc_mnc,
