@@ -32,14 +32,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from drivers.serve import EmbeddedServer
+from drivers.serve import EmbeddedServer, embedded_config
 
 log = structlog.get_logger("agent.admin")
 
@@ -130,14 +129,9 @@ class AdminServer:
         self._sock: socket.socket | None = None
         self._serving = False
         self._server = EmbeddedServer(
-            uvicorn.Config(
+            embedded_config(
                 create_app(routes),
                 http=BoundedH11Protocol,
-                ws="none",
-                lifespan="off",
-                access_log=False,
-                log_config=None,
-                server_header=False,
                 backlog=BACKLOG,
                 limit_concurrency=LIMIT_CONCURRENCY,
                 timeout_keep_alive=KEEP_ALIVE_S,

@@ -16,8 +16,28 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
+
+
+def embedded_config(app: Any, **settings: Any) -> uvicorn.Config:
+    """uvicorn's config for an app served inside the process: HTTP/1.1 only (h11), no
+    websockets, no lifespan, no access log and no logging setup of uvicorn's own (the
+    process's logging stays as configured), no ``Server`` header; ``settings`` add or override
+    (limits, timeouts, a protocol class)."""
+    return uvicorn.Config(
+        app,
+        **{
+            "http": "h11",
+            "ws": "none",
+            "lifespan": "off",
+            "access_log": False,
+            "log_config": None,
+            "server_header": False,
+            **settings,
+        },
+    )
 
 
 class EmbeddedServer(uvicorn.Server):

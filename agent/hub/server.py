@@ -16,7 +16,6 @@ import asyncio
 import socket
 
 import structlog
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -29,7 +28,7 @@ from agent.hub.middleware import AgentGate
 from agent.hub.runtime import Runtime
 from agent.hub.state import HubState
 from agent.hub.wire import error_response
-from drivers.serve import EmbeddedServer
+from drivers.serve import EmbeddedServer, embedded_config
 
 log = structlog.get_logger(__name__)
 
@@ -101,14 +100,8 @@ async def run_hub(
     sock = _bind(host, port)
     hub.bound_host = host
     hub.bound_port = sock.getsockname()[1]
-    uv_config = uvicorn.Config(
+    uv_config = embedded_config(
         app,
-        http="h11",
-        ws="none",
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
         timeout_keep_alive=_KEEP_ALIVE_S,
         timeout_graceful_shutdown=config.graceful_shutdown_s,
     )

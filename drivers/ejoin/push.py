@@ -17,13 +17,12 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from drivers.serve import EmbeddedServer
+from drivers.serve import EmbeddedServer, embedded_config
 
 MAX_PUSH_BODY = 256 * 1024
 _METHODS = ["GET", "POST", "PUT"]
@@ -73,14 +72,8 @@ class PushListener:
             sock.close()
             raise
         app = Starlette(routes=[Route("/{path:path}", self._receive, methods=_METHODS)])
-        config = uvicorn.Config(
+        config = embedded_config(
             app,
-            http="h11",
-            ws="none",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            server_header=False,
             timeout_graceful_shutdown=1,
             limit_concurrency=64,
         )

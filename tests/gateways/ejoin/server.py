@@ -21,13 +21,12 @@ import socket
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from drivers.serve import EmbeddedServer
+from drivers.serve import EmbeddedServer, embedded_config
 from tests.gateways.ejoin.app import create_app, recv_sms_push
 from tests.gateways.ejoin.model import Box, Faults
 
@@ -64,15 +63,7 @@ class _Listener:
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         self.sock = _bind(host, port)
         self.port: int = self.sock.getsockname()[1]
-        cfg = uvicorn.Config(
-            app,
-            http="h11",
-            ws="none",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=1,
-        )
+        cfg = embedded_config(app, server_header=True, timeout_graceful_shutdown=1)
         self.server = EmbeddedServer(cfg)
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
 
