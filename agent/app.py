@@ -31,7 +31,7 @@ import structlog
 from agent import __version__
 from agent.admin import AdminServer, json_response
 from agent.commands import Commands
-from agent.config import Config, split_listen
+from agent.config import Config
 from agent.core import Core, HubHealth
 from agent.devices import DeviceSupervisor, Intake
 from agent.hubclient import HubClient
@@ -42,6 +42,7 @@ from agent.sdnotify import Notifier, Watchdog, watchdog_interval
 from agent.store import AsyncStore, StoreError
 from agent.storecheck import incident_message, open_store, write_marker
 from agent.uplink import Registrar, Sender
+from drivers.base import split_host_port
 
 log = structlog.get_logger("agent.app")
 
@@ -123,7 +124,7 @@ class App:
     async def _run(self, core: Core, shutdown: asyncio.Event) -> None:
         cfg = self.config
         if cfg.settings.admin.enabled:
-            host, port = split_listen(cfg.settings.admin.listen)
+            host, port = split_host_port(cfg.settings.admin.listen)
             self.admin = AdminServer(
                 host,
                 port,

@@ -24,8 +24,9 @@ import httpx
 import structlog
 
 from agent import __version__
-from agent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, split_listen
+from agent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from agent.store import Store
+from drivers.base import split_host_port
 
 HARD_STOP_S = 9.5  # invariant 7: exit within 10 s of SIGTERM, whatever is still running
 
@@ -106,7 +107,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _fetch_status(config: Config) -> dict[str, Any]:
-    host, port = split_listen(config.settings.admin.listen)
+    host, port = split_host_port(config.settings.admin.listen)
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{host}:{port}/status"
     try:
@@ -273,7 +274,7 @@ def cmd_hub(args: argparse.Namespace) -> int:
     from agent.hub import HubConfig, run_hub
 
     logs.configure("info", "auto")
-    host, port = split_listen(args.listen)
+    host, port = split_host_port(args.listen)
     config = HubConfig(
         agent_keys={args.agent_key},
         customer_key=args.customer_key,

@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from agent.config_env import merge, read_env
 from agent.config_rules import cut, limit_lines, shown, structure_problem, token_problem
 from drivers import UnknownDriverError, resolve
-from drivers.base import Driver, DriverConfig, UssdRecipe
+from drivers.base import Driver, DriverConfig, UssdRecipe, split_host_port
 
 DEFAULT_CONFIG_PATH = Path("/etc/vsim-agent/config.toml")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -157,7 +157,7 @@ class AdminSection(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, _port = split_listen(v)
+        host, _port = split_host_port(v)
         # The admin server binds this at start; a host that is neither an address nor a
         # plausible name would only fail there, after check said OK.
         if not _is_ip(host) and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host):
@@ -251,14 +251,6 @@ class Config:
     @property
     def number_recipes(self) -> list[UssdRecipe]:
         return [UssdRecipe(r.mcc_mnc, r.ussd, r.regex) for r in self.settings.number_discovery]
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:9108"`` / ``"[::1]:9108"`` → host and port."""
-    host, sep, port_s = value.rpartition(":")
-    if not sep or not port_s.isdigit() or not host or not 0 <= int(port_s) <= 65535:
-        raise ValueError(f"{shown(value)} is not host:port")
-    return host.strip("[]"), int(port_s)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -192,6 +192,16 @@ class DeviceStat:
 Event = SimPresent | SimGone | SmsPart | DeviceUp | DeviceDown | DeviceStat
 
 
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9108"`` / ``"[::1]:9108"`` → host and port; ValueError otherwise (the
+    value cut to 80 characters: it may be anything an operator typed)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        shown = value if len(value) <= 80 else value[:80] + "…"
+        raise ValueError(f"expected HOST:PORT, got {shown!r}")
+    return host.strip("[]"), int(port)
+
+
 class EventStream:
     """The usual shape of :meth:`Driver.events`: events put by a driver's callbacks and
     tasks, in order, one stream per connection.  ``end()`` (from ``close()``, idempotent)

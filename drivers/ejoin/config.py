@@ -8,8 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from drivers.base import DriverConfig, DriverError
-from drivers.ejoin.push import parse_listen
+from drivers.base import DriverConfig, DriverError, split_host_port
 
 
 class EjoinConfig(DriverConfig):
@@ -44,7 +43,7 @@ class EjoinConfig(DriverConfig):
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_listen(value)
+            split_host_port(value)
         return value
 
     @model_validator(mode="after")

@@ -22,24 +22,18 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from drivers.base import split_host_port
 from drivers.serve import EmbeddedServer, embedded_config
 
 MAX_PUSH_BODY = 256 * 1024
 _METHODS = ["GET", "POST", "PUT"]
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
 class PushListener:
     """Serves until :meth:`stop`; ``on_push`` is called (synchronously) for every push."""
 
     def __init__(self, listen: str, on_push: Callable[[], None]) -> None:
-        self._host, self._port = parse_listen(listen)
+        self._host, self._port = split_host_port(listen)
         self._on_push = on_push
         self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None

@@ -19,14 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from drivers.base import DriverConfig
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, e.g. 0.0.0.0:44444, got {value!r}")
-    return host.strip("[]"), int(port)
+from drivers.base import DriverConfig, split_host_port
 
 
 class GoipLineConfig(BaseModel):

@@ -88,10 +88,11 @@ from drivers.base import (
     SimInfo,
     SimPresent,
     SmsPart,
+    split_host_port,
 )
 from drivers.goip import wire
 from drivers.goip.commands import Commands
-from drivers.goip.config import GoipConfig, split_host_port
+from drivers.goip.config import GoipConfig
 from drivers.goip.line import Line, clean_iccid
 
 log = structlog.get_logger(__name__)
