@@ -72,7 +72,7 @@ class StoreDriverState(DriverState):
     async def get(self, key: str) -> str | None:
         if key not in self._loaded:
             store = self._core.store
-            value = await store.call(store.store.driver_state_get, self._device, key)
+            value = await store.read(store.reader.driver_state_get, self._device, key)
             if value is not None:
                 await super().set(key, value)
             self._loaded.add(key)
